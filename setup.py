@@ -1,0 +1,82 @@
+"""Build of vlmreward._C through CMake (CMakeLists.txt). Metadata lives in pyproject.toml.
+
+Environment variables:
+  VLMREWARD_CPU_ONLY=1      build the CPU kernels only, even where nvcc and a CUDA torch are present.
+  VLMREWARD_REQUIRE_CUDA=1  fail the build unless the CUDA kernels are built (CI sets this).
+  VLMREWARD_PTXAS_VERBOSE=1 print registers / spills of every CUDA kernel (nvcc -Xptxas -v).
+  CMAKE_CUDA_ARCHITECTURES  override the GPU architectures (default "80-real;90").
+  MAX_JOBS                  parallel compile jobs (default: number of CPUs).
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def find_nvcc():
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and Path(home, "bin", "nvcc").exists():
+            return str(Path(home, "bin", "nvcc"))
+    return shutil.which("nvcc")
+
+
+def cuda_decision():
+    """(build_cuda, nvcc path, reason) for this machine."""
+    import torch
+
+    if _flag("VLMREWARD_CPU_ONLY"):
+        return False, None, "VLMREWARD_CPU_ONLY is set"
+    if torch.version.cuda is None:
+        return False, None, f"torch {torch.__version__} is a CPU-only build"
+    nvcc = find_nvcc()
+    if nvcc is None:
+        return False, None, "nvcc not found (set CUDA_HOME)"
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    if not found or found.group(1) != torch.version.cuda.split(".")[0]:
+        return False, nvcc, f"nvcc ({found and found.group(0)}) does not match torch's CUDA {torch.version.cuda}"
+    return True, nvcc, f"nvcc {found.group(1)}.{found.group(2)} matches torch's CUDA {torch.version.cuda}"
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        import pybind11
+        import torch
+
+        with_cuda, nvcc, reason = cuda_decision()
+        print(f"vlmreward: CUDA kernels {'ON' if with_cuda else 'OFF'} ({reason})", flush=True)
+        if not with_cuda and _flag("VLMREWARD_REQUIRE_CUDA"):
+            raise RuntimeError(f"VLMREWARD_REQUIRE_CUDA is set but the CUDA kernels cannot be built: {reason}")
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DTORCH_DIR={Path(torch.__file__).parent}",
+            f"-DVLMREWARD_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
+            f"-DVLMREWARD_PTXAS_VERBOSE={'ON' if _flag('VLMREWARD_PTXAS_VERBOSE') else 'OFF'}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if with_cuda:
+            args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+            if os.environ.get("CMAKE_CUDA_ARCHITECTURES"):
+                args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CMAKE_CUDA_ARCHITECTURES']}")
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)
+        subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
+
+
+setup(ext_modules=[Extension("vlmreward._C", sources=[])], cmdclass={"build_ext": CMakeBuild})

@@ -1,0 +1,200 @@
+"""Household-object domains (the paper's Find / Lift / Pick-and-Place) on MiniGrid.
+
+Baumli et al. (arXiv 2312.09187, section 4) train agents to find, lift and place household objects from
+language goals. Here a single MiniGrid room (``grid_size`` x ``grid_size`` cells, walls included) holds a
+few objects, each a distinct (colour, type) pair over MiniGrid's 6 colours x {ball, box, key}; every
+episode's goal objects are in the room. The observation IS the full-grid RGB frame a vision-language model
+scores (highlight off, carried object drawn on the agent's cell, since MiniGrid otherwise hides it).
+
+Goal semantics (exact, from simulator state; BabyAI's verifier semantics, minigrid.envs.babyai.core.verifier):
+- Find      "go to the {c} {o}":                 the object is in the cell the agent faces (GoToInstr).
+- Lift      "pick up the {c} {o}":               the agent carries the object (PickupInstr).
+- PickPlace "put the {c1} {o1} next to the {c2} {o2}": both objects on the floor, 4-adjacent (PutNextInstr;
+  the relation is symmetric, so dropping o2 next to o1 also counts: the resulting frames are the same).
+An absent object makes a goal False.
+
+Train / held-out split: the colour-object pairs in ``HELDOUT_PAIRS`` never appear in a training goal
+(a PickPlace goal is held out when either of its objects is); they may still appear as distractors.
+"""
+from __future__ import annotations
+
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from minigrid.core.constants import COLOR_NAMES
+from minigrid.core.mission import MissionSpace
+from minigrid.core.roomgrid import RoomGrid
+from minigrid.core.world_object import Ball, Box, Key
+
+COLOURS: tuple[str, ...] = tuple(COLOR_NAMES)  # blue, green, grey, purple, red, yellow
+OBJECTS: tuple[str, ...] = ("ball", "box", "key")
+PAIRS: tuple[tuple[str, str], ...] = tuple((c, o) for c in COLOURS for o in OBJECTS)
+HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset({("red", "key"), ("green", "box"), ("blue", "ball")})
+_OBJ_CLS = {"ball": Ball, "box": Box, "key": Key}
+
+# Family -> (goal template, number of objects in a goal, actions: MiniGrid's Actions enum prefix).
+# Find needs only turn/forward; Lift and PickPlace add pickup and drop (drop lets a wrong pick be undone).
+# toggle is left out so boxes never open (and vanish), done is unused.
+FAMILIES = {
+    "find": ("go to the {} {}", 1, 3),
+    "lift": ("pick up the {} {}", 1, 5),
+    "pickplace": ("put the {} {} next to the {} {}", 2, 5),
+}
+LEFT, RIGHT, FORWARD, PICKUP, DROP = range(5)
+
+
+def goal_specs(family: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """All goals of a family, in a fixed order: goal text -> the (colour, type) pairs it names."""
+    template, n, _ = FAMILIES[family]
+    combos = [(p,) for p in PAIRS] if n == 1 else list(permutations(PAIRS, 2))
+    return {template.format(*[w for p in combo for w in p]): combo for combo in combos}
+
+
+class HouseholdEnv(RoomGrid):
+    """One MiniGrid room with household objects and a language goal.
+
+    Args:
+        family: "find" | "lift" | "pickplace".
+        grid_size: room side in cells, walls included (>= 5).
+        frame_size: side S of the square RGB observation in pixels; tiles are ``frame_size // grid_size``
+            pixels and the grid is centred on a black canvas when S is not a multiple of ``grid_size``.
+        num_objects: objects in the room (goal objects + distractors), 2..len(PAIRS).
+        max_steps: episode length before truncation.
+        goal_pool: goals that ``reset`` samples from (default ``train_goals``).
+        render_mode: None or "rgb_array" (``render()`` returns the current observation frame).
+
+    Observation: uint8 (S, S, 3) RGB frame. Reward: ``1 - 0.9 * steps / max_steps`` on success (MiniGrid),
+    else 0; success terminates. ``info``: "goal" (str), "success" (bool, ground truth of the goal).
+    Raises ValueError for unknown families, bad sizes, or a goal outside the task set.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, family: str = "find", *, grid_size: int = 7, frame_size: int = 224, num_objects: int = 4,
+                 max_steps: int | None = None, goal_pool=None, render_mode: str | None = None):
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if grid_size < 5:
+            raise ValueError(f"grid_size must be >= 5 (walls included), got {grid_size}")
+        if frame_size < grid_size:
+            raise ValueError(f"frame_size ({frame_size}) must be >= grid_size ({grid_size})")
+        if not 2 <= num_objects <= min(len(PAIRS), (grid_size - 2) ** 2 // 3):
+            raise ValueError(f"num_objects must be in [2, {(grid_size - 2) ** 2 // 3}] for grid_size {grid_size}, "
+                             f"got {num_objects}")
+        self.family = family
+        self.frame_size = int(frame_size)
+        self.num_objects = int(num_objects)
+        self._specs = goal_specs(family)
+        self.task_set: tuple[str, ...] = tuple(self._specs)
+        self.train_goals = tuple(g for g, ps in self._specs.items() if not HELDOUT_PAIRS.intersection(ps))
+        self.heldout_goals = tuple(g for g in self.task_set if g not in set(self.train_goals))
+        self.goal_pool = self.train_goals if goal_pool is None else tuple(goal_pool)
+        for g in self.goal_pool:
+            self._check_goal(g)
+        self.goal: str = self.goal_pool[0]
+        steps = {"find": 50, "lift": 64, "pickplace": 100}[family] if max_steps is None else int(max_steps)
+        super().__init__(mission_space=MissionSpace(mission_func=lambda: self.goal), room_size=grid_size,
+                         num_rows=1, num_cols=1, max_steps=steps, render_mode=render_mode,
+                         highlight=False, tile_size=self.frame_size // grid_size)
+        self.action_space = spaces.Discrete(FAMILIES[family][2])
+        self.observation_space = spaces.Box(0, 255, (self.frame_size, self.frame_size, 3), np.uint8)
+        self._frame = np.zeros((self.frame_size, self.frame_size, 3), np.uint8)
+
+    # ----- goals -----------------------------------------------------------------------------------------
+    def _check_goal(self, goal) -> None:
+        if not isinstance(goal, str):
+            raise TypeError(f"goal must be a str, got {type(goal).__name__}")
+        if goal not in self._specs:
+            raise ValueError(f"goal {goal!r} is not in the task set of the {self.family!r} family "
+                             f"(e.g. {self.task_set[0]!r})")
+
+    def _find(self, pair: tuple[str, str]):
+        """Floor position of the object with this (colour, type), or None (carried or absent)."""
+        for i in range(1, self.width - 1):
+            for j in range(1, self.height - 1):
+                cell = self.grid.get(i, j)
+                if cell is not None and (cell.color, cell.type) == pair:
+                    return i, j
+        return None
+
+    def goal_success(self, goal: str) -> bool:
+        """Ground truth of ``goal`` (any goal of ``task_set``) in the current state; exact, see module doc.
+
+        Raises TypeError / ValueError when ``goal`` is not a goal string of this environment's task set.
+        """
+        self._check_goal(goal)
+        pairs = self._specs[goal]
+        if self.family == "lift":
+            return self.carrying is not None and (self.carrying.color, self.carrying.type) == pairs[0]
+        if self.family == "find":
+            fx, fy = self.front_pos
+            cell = self.grid.get(int(fx), int(fy))
+            return cell is not None and (cell.color, cell.type) == pairs[0]
+        a, b = self._find(pairs[0]), self._find(pairs[1])
+        return a is not None and b is not None and abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1
+
+    # ----- episode ---------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if options and options.get("goal") is not None:
+            self._check_goal(options["goal"])
+            self._next_goal = options["goal"]
+        else:
+            self._next_goal = None
+        obs, _ = super().reset(seed=seed)
+        return obs, {"goal": self.goal, "success": False}
+
+    def _gen_grid(self, width, height):
+        goal = self._next_goal or self.goal_pool[int(self.np_random.integers(len(self.goal_pool)))]
+        self.goal = self.mission = goal
+        need = list(self._specs[goal])
+        from vlmreward.envs.expert import solvable  # planner shared with the expert
+
+        while True:  # rejection sampling: goal not already met at the start, and reachable
+            super()._gen_grid(width, height)
+            self.agent_pos = (-1, -1)  # RoomGrid parks the agent mid-room; free that cell for objects
+            others = [p for p in PAIRS if p not in need]
+            picks = self.np_random.permutation(len(others))[: self.num_objects - len(need)]
+            for colour, kind in need + [others[k] for k in picks]:
+                self.place_obj(_OBJ_CLS[kind](colour))
+            self.place_agent()
+            self.carrying = None
+            if not self.goal_success(goal) and solvable(self):
+                return
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
+        obs, _, _, truncated, _ = super().step(int(action))
+        success = self.goal_success(self.goal)
+        reward = self._reward() if success else 0.0
+        return obs, float(reward), success, truncated, {"goal": self.goal, "success": success}
+
+    # ----- frames ----------------------------------------------------------------------------------------
+    def gen_obs(self):
+        """The observation: a fresh full-grid frame (rendered once per step and cached for ``render``)."""
+        self._frame = self._draw()
+        return self._frame.copy()
+
+    def _draw(self) -> np.ndarray:
+        x, y = int(self.agent_pos[0]), int(self.agent_pos[1])
+        self.grid.set(x, y, self.carrying)  # draw the carried object under the agent (the agent's cell is empty)
+        try:
+            img = self.grid.render(self.tile_size, (x, y), self.agent_dir, highlight_mask=None)
+        finally:
+            self.grid.set(x, y, None)
+        if img.shape[0] == self.frame_size:
+            return img
+        out = np.zeros((self.frame_size, self.frame_size, 3), np.uint8)
+        o = (self.frame_size - img.shape[0]) // 2
+        out[o:o + img.shape[0], o:o + img.shape[1]] = img
+        return out
+
+    def render(self):
+        """The current frame, uint8 (S, S, 3), when ``render_mode == "rgb_array"``; None otherwise."""
+        if self.render_mode == "rgb_array":
+            return self._frame.copy()
+        return None

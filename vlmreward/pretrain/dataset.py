@@ -1,0 +1,198 @@
+"""Labelled frame datasets from the registered environments (training data and offline evaluation).
+
+Every stored frame is labelled with the ground-truth ``goal_success`` of EVERY goal of its environment's
+task set (issue 5). Episodes mix scripted-expert, partly random (epsilon) and random play; the split is by
+disjoint environment seeds (:data:`SPLIT_SEEDS`). Frames are stored once, already resized to the model's
+image size by :func:`vlmreward.preprocess` (same kernel and settings as at reward time), as uint8.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+#: First environment seed of each split; splits never share a seed (one episode per seed).
+SPLIT_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+#: Epsilons of the episode policies, cycled over episodes: expert, partly random, random.
+DEFAULT_EPSILONS = (0.0, 0.1, 0.3, 0.6, 1.0)
+
+
+@dataclass
+class DataConfig:
+    """Recipe of a labelled dataset: environments, episodes per environment, policy mix, frame size."""
+    env_ids: tuple = ("vlmreward/Find-v0", "vlmreward/Lift-v0", "vlmreward/PickPlace-v0",
+                      "vlmreward/CartPoleUpright-v0", "vlmreward/MountainCarFlag-v0")
+    episodes: int = 200
+    max_steps: int = 64
+    frame_stride: int = 1
+    epsilons: tuple = DEFAULT_EPSILONS
+    image_size: int = 64
+    resize_mode: str = "squash"
+    interpolation: str = "bicubic"
+    split: str = "train"
+    env_overrides: dict = field(default_factory=dict)  # per id: {"episodes", "max_steps", "frame_stride"}
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class FrameDataset:
+    """frames uint8 (N,S,S,3); labels bool (N,K) over ``goals``; env_index int64 (N,) into ``env_ids``;
+    seed int64 (N,) (episode seed); ``goals`` = the union of the task sets; ``env_goals[e]`` = indices of
+    env e's task set; ``train_goal_mask`` bool (K,) (goals in some env's train_goals)."""
+    frames: np.ndarray
+    labels: np.ndarray
+    env_index: np.ndarray
+    seed: np.ndarray
+    goals: list
+    env_ids: list
+    env_goals: list
+    train_goal_mask: np.ndarray
+
+    def __len__(self):
+        return len(self.frames)
+
+    def save(self, path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        meta = json.dumps({"goals": self.goals, "env_ids": self.env_ids, "env_goals": self.env_goals})
+        np.savez(tmp, frames=self.frames, labels=self.labels, env_index=self.env_index, seed=self.seed,
+                 train_goal_mask=self.train_goal_mask, meta=np.array(meta))
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no dataset file at {path}")
+        try:
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(z["frames"], z["labels"], z["env_index"], z["seed"], meta["goals"], meta["env_ids"],
+                           meta["env_goals"], z["train_goal_mask"])
+        except (ValueError, KeyError, OSError, EOFError) as e:
+            raise ValueError(f"corrupt or incompatible dataset file {path}: {e}") from e
+
+
+def make_env(env_id: str, **kwargs):
+    """``gym.make(env_id, render_mode="rgb_array")`` with a clear error for an unknown id."""
+    import vlmreward  # noqa: F401  (registers the ids)
+    if env_id not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("vlmreward/"))
+        raise ValueError(f"unknown environment id {env_id!r}; registered vlmreward ids: {known}")
+    return gym.make(env_id, render_mode="rgb_array", **kwargs)
+
+
+def frame_of(env, observation) -> np.ndarray:
+    """The RGB frame of the current state: the observation when it is one (domain A), else ``render()``."""
+    if isinstance(observation, np.ndarray) and observation.dtype == np.uint8 and observation.ndim == 3:
+        return observation
+    return np.asarray(env.render())
+
+
+def _controller(env) -> int:
+    """Scripted policy for the classic-control domain (no ``expert_action`` there): balance / pump energy."""
+    u = env.unwrapped
+    s = np.asarray(u.state, dtype=np.float64)
+    if "CartPole" in type(u).__name__ or len(s) == 4:
+        return int(s[2] + 0.5 * s[3] + 0.01 * s[0] + 0.1 * s[1] > 0)  # push towards the pole's lean
+    return 2 if s[1] >= 0 else 0  # MountainCar: accelerate along the velocity
+
+
+def policy_action(env, epsilon: float, rng: np.random.Generator) -> int:
+    """Expert action with probability 1-epsilon, else uniform random."""
+    if rng.random() < epsilon:
+        return int(env.action_space.sample())
+    try:
+        from vlmreward.envs import expert_action
+        return int(expert_action(env))
+    except (ValueError, NotImplementedError, TypeError, ImportError, AttributeError):
+        return _controller(env)
+
+
+def label_frame(env, goals) -> np.ndarray:
+    """bool (len(goals),): ground truth ``goal_success`` of each goal in the current state."""
+    u = env.unwrapped
+    return np.array([bool(u.goal_success(g)) for g in goals], dtype=bool)
+
+
+def _resize(frames: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    from vlmreward.ops import preprocess
+    x = preprocess(frames, image_size=cfg.image_size, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3,
+                   resize_mode=cfg.resize_mode, interpolation=cfg.interpolation)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
+    """Roll out ``cfg.episodes`` episodes per environment (seeds of ``cfg.split``) and label every frame.
+
+    Raises ValueError for an unknown split or environment id, or if no frame was produced.
+    """
+    from tqdm.auto import tqdm
+    if cfg.split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {cfg.split!r}")
+    envs = {env_id: make_env(env_id) for env_id in cfg.env_ids}
+    goals, env_goals, train_goals = [], [], set()
+    for env in envs.values():
+        u = env.unwrapped
+        for g in u.task_set:
+            if g not in goals:
+                goals.append(g)
+        env_goals.append([goals.index(g) for g in u.task_set])
+        train_goals.update(u.train_goals)
+    frames, labels, env_index, seeds = [], [], [], []
+    total = sum(cfg.env_overrides.get(e, {}).get("episodes", cfg.episodes) for e in cfg.env_ids)
+    bar = tqdm(total=total, desc=f"data[{cfg.split}]", disable=not progress)
+    for e, (env_id, env) in enumerate(envs.items()):
+        over = cfg.env_overrides.get(env_id, {})
+        n_ep, max_steps = over.get("episodes", cfg.episodes), over.get("max_steps", cfg.max_steps)
+        stride = over.get("frame_stride", cfg.frame_stride)
+        task = env.unwrapped.task_set
+        for i in range(n_ep):
+            seed = SPLIT_SEEDS[cfg.split] + i
+            rng = np.random.default_rng(seed)
+            env.action_space.seed(seed)
+            eps = cfg.epsilons[i % len(cfg.epsilons)]
+            obs, info = env.reset(seed=seed)
+            ep_frames, ep_labels = [frame_of(env, obs)], [label_frame(env, task)]
+            for t in range(max_steps):
+                obs, _, terminated, truncated, info = env.step(policy_action(env, eps, rng))
+                if (t + 1) % stride == 0 or terminated or truncated:
+                    ep_frames.append(frame_of(env, obs))
+                    ep_labels.append(label_frame(env, task))
+                if terminated or truncated:
+                    break
+            frames.append(_resize(np.stack(ep_frames), cfg))
+            lab = np.zeros((len(ep_labels), len(goals)), dtype=bool)
+            lab[:, env_goals[e]] = np.stack(ep_labels)
+            labels.append(lab)
+            env_index.append(np.full(len(ep_labels), e, dtype=np.int64))
+            seeds.append(np.full(len(ep_labels), seed, dtype=np.int64))
+            bar.update()
+    bar.close()
+    for env in envs.values():
+        env.close()
+    if not frames:
+        raise ValueError(f"dataset recipe produced no frames (episodes={cfg.episodes}, env_ids={cfg.env_ids})")
+    return FrameDataset(np.concatenate(frames), np.concatenate(labels), np.concatenate(env_index),
+                        np.concatenate(seeds), goals, list(cfg.env_ids), env_goals,
+                        np.array([g in train_goals for g in goals], dtype=bool))
+
+
+def load_or_generate(cfg: DataConfig, cache_dir="data/pretrain", progress: bool = True) -> FrameDataset:
+    """Cached :func:`generate`: ``<cache_dir>/<split>-<recipe hash>.npz``."""
+    path = Path(cache_dir) / f"{cfg.split}-{cfg.key()}.npz"
+    if path.is_file():
+        return FrameDataset.load(path)
+    ds = generate(cfg, progress=progress)
+    ds.save(path)
+    return ds
