@@ -1,0 +1,139 @@
+"""Classic-control goals, the VLM-RM peer's setting (Rocamonde et al., arXiv 2310.12921, section 4.2).
+
+Gymnasium's CartPole and MountainCar with language goals and exact ground truth from the state vector.
+Observation, reward, termination: gymnasium's own. Frames: gymnasium's renderer (uint8 (400, 600, 3));
+MountainCar can draw a textured sky and ground behind the car (the peer found CLIP needs it).
+
+Goal ground truth (state: CartPole (x, x_dot, theta, theta_dot), MountainCar (position, velocity)):
+- "the pole is upright":                 |theta| <= 6 degrees (half of gymnasium's 12-degree failure angle)
+- "the pole has fallen to the left":     theta < -12 degrees (theta > 0 is a pole leaning right)
+- "the pole has fallen to the right":    theta > 12 degrees
+- "the cart is on the left side of the track":  x < -1.2 (half of gymnasium's 2.4 track limit)
+- "the cart is on the right side of the track": x > 1.2
+- "the car is at the top of the hill next to the flag": position >= 0.5 (gymnasium's goal_position)
+- "the car is at the bottom of the valley": |position - (-pi/6)| <= 0.1 (the valley floor of sin(3x))
+- "the car is on top of the left hill":    position <= -0.9
+The first goal of each environment is its only training goal; the others are held out (negatives and
+evaluation only).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
+
+_FALL = 12 * 2 * math.pi / 360
+CARTPOLE_GOALS = {
+    "the pole is upright": lambda s: abs(s[2]) <= _FALL / 2,
+    "the pole has fallen to the left": lambda s: s[2] < -_FALL,
+    "the pole has fallen to the right": lambda s: s[2] > _FALL,
+    "the cart is on the left side of the track": lambda s: s[0] < -1.2,
+    "the cart is on the right side of the track": lambda s: s[0] > 1.2,
+}
+MOUNTAINCAR_GOALS = {
+    "the car is at the top of the hill next to the flag": lambda s: s[0] >= 0.5,
+    "the car is at the bottom of the valley": lambda s: abs(s[0] + math.pi / 6) <= 0.1,
+    "the car is on top of the left hill": lambda s: s[0] <= -0.9,
+}
+
+
+class _GoalMixin:
+    """task_set / goal_success / goal-aware reset and step info for a gymnasium classic-control env."""
+
+    GOALS: dict = {}
+
+    def _init_goals(self, goal_pool):
+        self.task_set = tuple(self.GOALS)
+        self.train_goals = self.task_set[:1]
+        self.heldout_goals = self.task_set[1:]
+        self.goal_pool = self.train_goals if goal_pool is None else tuple(goal_pool)
+        for g in self.goal_pool:
+            self._check_goal(g)
+        self.goal = self.goal_pool[0]
+
+    def _check_goal(self, goal):
+        if not isinstance(goal, str):
+            raise TypeError(f"goal must be a str, got {type(goal).__name__}")
+        if goal not in self.GOALS:
+            raise ValueError(f"goal {goal!r} is not in the task set {self.task_set}")
+
+    def goal_success(self, goal: str) -> bool:
+        """Ground truth of ``goal`` in the current state (thresholds in the module doc).
+
+        Raises TypeError / ValueError for a goal outside ``task_set``; RuntimeError before ``reset``.
+        """
+        self._check_goal(goal)
+        if self.state is None:
+            raise RuntimeError("call reset() before goal_success()")
+        return bool(self.GOALS[goal](np.asarray(self.state, dtype=np.float64)))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        options = dict(options or {})
+        goal = options.pop("goal", None)
+        if goal is not None:
+            self._check_goal(goal)
+        obs, info = super().reset(seed=seed, options=options or None)
+        self.goal = goal if goal is not None else self.goal_pool[int(self.np_random.integers(len(self.goal_pool)))]
+        return obs, {**info, "goal": self.goal, "success": self.goal_success(self.goal)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "goal": self.goal, "success": self.goal_success(self.goal)}
+
+
+class CartPoleUpright(_GoalMixin, CartPoleEnv):
+    """CartPole-v1 with goals (training goal "the pole is upright"). Args: render_mode, goal_pool."""
+
+    GOALS = CARTPOLE_GOALS
+
+    def __init__(self, render_mode: str | None = None, goal_pool=None):
+        super().__init__(render_mode=render_mode)
+        self._init_goals(goal_pool)
+
+
+class MountainCarFlag(_GoalMixin, MountainCarEnv):
+    """MountainCar-v0 with goals (training goal: the flag).
+
+    Args:
+        render_mode: None or "rgb_array".
+        textured: draw a textured sky and ground instead of the white background (fixed pattern, seed 0).
+        goal_pool: goals ``reset`` samples from (default ``train_goals``).
+    """
+
+    GOALS = MOUNTAINCAR_GOALS
+
+    def __init__(self, render_mode: str | None = None, textured: bool = False, goal_pool=None):
+        super().__init__(render_mode=render_mode)
+        self.textured = bool(textured)
+        self._texture = None
+        self._init_goals(goal_pool)
+
+    def render(self):
+        frame = super().render()
+        if frame is None or not self.textured:
+            return frame
+        if self._texture is None or self._texture.shape != frame.shape:
+            self._texture = self._make_texture(*frame.shape[:2])
+        white = np.all(frame == 255, axis=-1)
+        frame = frame.copy()
+        frame[white] = self._texture[white]
+        return frame
+
+    def _make_texture(self, h: int, w: int) -> np.ndarray:
+        """Sky (blue gradient with soft noise) above the track curve, grass-and-soil noise below it."""
+        rng = np.random.default_rng(0)
+        scale = w / (self.max_position - self.min_position)
+        xs = np.arange(w) / scale + self.min_position
+        surface_row = h - self._height(xs) * scale  # gymnasium flips y: row of the track at each column
+        rows = np.arange(h)[:, None]
+        ground = rows > surface_row[None, :]
+        t = rows / h
+        sky = np.stack([110 + 100 * t, 160 + 80 * t, 235 + 15 * t], -1) * np.ones((1, w, 1))
+        sky += rng.normal(0, 4, (h, w, 1))
+        soil = np.array([70, 130, 40]) + rng.normal(0, 18, (h, w, 1)) * np.array([0.6, 1.0, 0.4])
+        depth = np.clip((rows - surface_row[None, :]) / 60, 0, 1)[..., None]
+        soil = soil * (1 - depth) + (np.array([110, 80, 50]) + rng.normal(0, 12, (h, w, 1))) * depth
+        return np.clip(np.where(ground[..., None], soil, sky), 0, 254).astype(np.uint8)
