@@ -1,0 +1,288 @@
+"""Gymnasium wrappers that replace an environment's reward by the VLM reward (single and vector envs).
+
+Baumli et al. (arXiv 2312.09187, eqs. 1-2): the reward of a step is r = 1[p(goal | o_{t+1}) > beta] for the
+frame o_{t+1} AFTER the action, and the episode ends as soon as r = 1 (``terminate_on_success``).
+The frame is the observation when the observation is an RGB image (uint8 (H, W, 3)); otherwise it is
+``env.render()`` (render_mode "rgb_array"), called once per step. The goal is given to the policy in the
+observation (its index in ``reward_model.bank.goals`` and optionally its text embedding).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorWrapper
+from gymnasium.vector.utils import batch_space
+
+
+def _is_frame_space(space) -> bool:
+    return (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+            and space.shape[-1] == 3)
+
+
+def _check_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 RGB images (H, W, 3), got dtype {frames.dtype} and shape "
+                         f"{frames.shape[1:] if frames.ndim else frames.shape}")
+    return frames
+
+
+class _GoalMixin:
+    """Goal bookkeeping shared by both wrappers: validation, sampling, ids, policy observation."""
+
+    def _init_goals(self, reward_model, goal, goal_embedding: bool, base_observation_space, goal_aware: bool):
+        if not (goal is None or isinstance(goal, str) or callable(goal)):
+            raise TypeError(f"goal must be None, a str or a callable(rng) -> str, got {type(goal).__name__}")
+        if goal is None and not goal_aware:
+            raise ValueError("goal=None needs an environment that picks goals (vlmreward envs: info['goal']); "
+                             "pass goal='...' or goal=callable(rng) for other environments")
+        self.reward_model = reward_model
+        self.goal_arg = goal
+        self._goal_ids = {g: i for i, g in enumerate(reward_model.bank.goals)}
+        self._goal_rng = np.random.default_rng()
+        self.goal_embedding = bool(goal_embedding)
+        if isinstance(goal, str):
+            self._goal_id(goal)
+        fields = {"observation": base_observation_space, "goal_id": spaces.Discrete(len(self._goal_ids))}
+        if self.goal_embedding:
+            emb = reward_model.bank.goal_embeddings
+            self._embeddings = emb.detach().float().cpu().numpy()
+            fields["goal_embedding"] = spaces.Box(-np.inf, np.inf, self._embeddings.shape[1:], np.float32)
+        return spaces.Dict(fields)
+
+    def _goal_id(self, goal: str) -> int:
+        try:
+            return self._goal_ids[goal]
+        except (KeyError, TypeError):
+            raise ValueError(f"goal {goal!r} is not in the reward model's goal bank "
+                             f"({len(self._goal_ids)} goals, e.g. {next(iter(self._goal_ids))!r})") from None
+
+    def _sample_goal(self) -> str | None:
+        if self.goal_arg is None or isinstance(self.goal_arg, str):
+            return self.goal_arg
+        goal = self.goal_arg(self._goal_rng)
+        self._goal_id(goal)
+        return goal
+
+    def _policy_obs(self, obs, goal_ids):
+        out = {"observation": obs, "goal_id": goal_ids}
+        if self.goal_embedding:
+            out["goal_embedding"] = self._embeddings[goal_ids]
+        return out
+
+    @torch.inference_mode()
+    def _score(self, frames: np.ndarray, goal_ids: np.ndarray):
+        """VLM probabilities and rewards, float64 numpy (B,), in ONE reward-model call."""
+        out = self.reward_model(_check_frames(frames), torch.as_tensor(goal_ids, dtype=torch.int64))
+        return (out.probs.detach().double().cpu().numpy().reshape(-1),
+                out.rewards.detach().double().cpu().numpy().reshape(-1))
+
+
+class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
+    """Replaces the reward of a single environment by the VLM reward of the frame after each action.
+
+    Args:
+        env: a gymnasium env whose observation is an RGB frame uint8 (H, W, 3), or with render_mode "rgb_array".
+        reward_model: a ``vlmreward.RewardModel`` (called as ``reward_model(frames (1,H,W,3), goal_ids (1,))``).
+        goal: None (the environment's own goal, vlmreward envs), a goal string, or ``callable(rng) -> str``
+            sampled at each reset; every goal must be in ``reward_model.bank.goals``.
+        terminate_on_success: end the episode when p(goal | frame) > threshold (the paper's choice).
+        keep_env_reward: put the environment's own reward in ``info["env_reward"]``.
+        goal_embedding: add the goal's text embedding (``bank.goal_embeddings`` row, float32 (D,)) to the
+            observation.
+
+    Observation: Dict {"observation": env's observation, "goal_id": int, ["goal_embedding": (D,)]}.
+    Reward: the VLM reward (float). ``info`` adds "vlm_prob", "vlm_reward", "goal", "gt_success" (exact
+    ground truth when the environment has ``goal_success``) and "env_reward".
+    Raises: ValueError for an env without frames, a goal outside the goal bank or the env's task set, or
+    frames that are not uint8 (H, W, 3); TypeError for a bad ``goal`` argument.
+    """
+
+    def __init__(self, env: gym.Env, reward_model, goal: None | str | Callable = None, *,
+                 terminate_on_success: bool = True, keep_env_reward: bool = True, goal_embedding: bool = False):
+        gym.Wrapper.__init__(self, env)
+        self._frame_is_obs = _is_frame_space(env.observation_space)
+        if not self._frame_is_obs and env.render_mode != "rgb_array":
+            raise ValueError(f"{env} neither observes RGB frames nor renders them: make it with "
+                             f"render_mode='rgb_array' (got render_mode={env.render_mode!r})")
+        self._goal_aware = hasattr(env.unwrapped, "goal_success")
+        self.observation_space = self._init_goals(reward_model, goal, goal_embedding, env.observation_space,
+                                                  self._goal_aware)
+        if isinstance(goal, str) and self._goal_aware and goal not in env.unwrapped.task_set:
+            raise ValueError(f"goal {goal!r} is not in the environment's task set")
+        self.terminate_on_success = bool(terminate_on_success)
+        self.keep_env_reward = bool(keep_env_reward)
+        self.goal: str | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self._goal_rng = np.random.default_rng(seed)
+        options = dict(options or {})
+        goal = options.pop("goal", None) or self._sample_goal()
+        if goal is not None and self._goal_aware:
+            options["goal"] = goal
+        obs, info = self.env.reset(seed=seed, options=options or None)
+        self.goal = self.env.unwrapped.goal if self._goal_aware else goal
+        info["goal"] = self.goal
+        return self._policy_obs(obs, self._goal_id(self.goal)), info
+
+    def step(self, action):
+        obs, env_reward, terminated, truncated, info = self.env.step(action)
+        gid = self._goal_id(self.goal)
+        frame = obs if self._frame_is_obs else self.env.render()
+        probs, rewards = self._score(np.asarray(frame)[None], np.array([gid]))
+        prob, reward = float(probs[0]), float(rewards[0])
+        if self.terminate_on_success and prob > self.reward_model.threshold:
+            terminated = True
+        info.update(vlm_prob=prob, vlm_reward=reward, goal=self.goal)
+        if self._goal_aware:
+            info["gt_success"] = bool(self.env.unwrapped.goal_success(self.goal))
+        if self.keep_env_reward:
+            info["env_reward"] = float(env_reward)
+        return self._policy_obs(obs, gid), reward, bool(terminated), bool(truncated), info
+
+
+def _select(mask: np.ndarray, new, old):
+    """Per-environment choice between two batched observations (arrays, dicts or tuples of them)."""
+    if isinstance(old, dict):
+        return {k: _select(mask, new[k], old[k]) for k in old}
+    if isinstance(old, tuple):
+        return tuple(_select(mask, n, o) for n, o in zip(new, old))
+    out = np.array(old, copy=True)
+    out[mask] = np.asarray(new)[mask]
+    return out
+
+
+def _replace_info(info: dict, new: dict, mask: np.ndarray) -> dict:
+    """Vector ``info`` where the environments in ``mask`` carry ``new``'s entries (gymnasium's "_key" masks)."""
+    info = dict(info)
+    for k in [k for k in info if not k.startswith("_")]:  # drop the discarded step's entries
+        if isinstance(info[k], dict):
+            info[k] = _replace_info(info[k], {}, mask)
+        if f"_{k}" in info:
+            info[f"_{k}"] = info[f"_{k}"] & ~mask
+    for k, v in new.items():
+        if k.startswith("_"):
+            continue
+        m = new.get(f"_{k}", np.ones(len(mask), bool)) & mask
+        if isinstance(v, dict):
+            info[k] = _replace_info(info.get(k, {}), v, mask)
+            continue
+        if k in info:
+            arr = np.asarray(info[k])
+            if not np.can_cast(np.asarray(v).dtype, arr.dtype):
+                arr = arr.astype(object)
+            arr = arr.copy()
+            arr[m] = np.asarray(v)[m]
+        else:
+            arr = np.asarray(v).copy()
+        info[k] = arr
+        info[f"_{k}"] = info.get(f"_{k}", np.zeros(len(mask), bool)) | m
+    return info
+
+
+class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
+    """The VLM reward for all sub-environments of a vector env, in ONE batched reward-model call per step.
+
+    Same arguments, observation and ``info`` keys as :class:`VLMRewardWrapper`, batched ((B,) arrays with
+    gymnasium's "_key" masks). Frames: the observations when they are RGB frames, else ``vector_env.render()``
+    (async sub-envs render in parallel), once per step.
+
+    Autoreset (gymnasium's NEXT_STEP, the only mode accepted): the step after a terminal step is a reset step;
+    its reward is 0 and no VLM reward is computed for it. When the VLM ends an episode (terminate_on_success)
+    the base vector env does not know it; on the next step that sub-env is reset through
+    ``reset(options={"reset_mask": ...})`` and the step it took is discarded, so the agent sees exactly a
+    NEXT_STEP reset step (reset observation, reward 0, not terminated). Known gymnasium 1.4 limitation:
+    AsyncVectorEnv with shared_memory=False does not clear its autoreset flag on a masked reset, so if that
+    discarded step also ended the base episode, the sub-env is reset once more on the following step.
+
+    Goals: None reads each sub-env's goal from ``info["goal"]``; a string or ``callable(rng)`` sets the
+    sub-envs' ``goal_pool`` (vlmreward envs sample their next goal from it) before each reset.
+    Raises ValueError for another autoreset mode, an env without frames, goals outside the goal bank.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, reward_model, goal: None | str | Callable = None, *,
+                 terminate_on_success: bool = True, keep_env_reward: bool = True, goal_embedding: bool = False):
+        VectorWrapper.__init__(self, env)
+        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
+            raise ValueError(f"VectorVLMRewardWrapper needs autoreset_mode NEXT_STEP, got {mode}")
+        self._frame_is_obs = _is_frame_space(env.single_observation_space)
+        if not self._frame_is_obs and env.render_mode != "rgb_array":
+            raise ValueError(f"the sub-environments neither observe RGB frames nor render them: make them with "
+                             f"render_mode='rgb_array' (got render_mode={env.render_mode!r})")
+        self.single_observation_space = self._init_goals(reward_model, goal, goal_embedding,
+                                                         env.single_observation_space, goal_aware=True)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.terminate_on_success = bool(terminate_on_success)
+        self.keep_env_reward = bool(keep_env_reward)
+        n = self.num_envs
+        self.goals = np.full(n, None, dtype=object)
+        self._needs_reset = np.zeros(n, bool)  # next step is a reset step (base or VLM termination)
+        self._vlm_ended = np.zeros(n, bool)  # ... of which the base env does not know
+
+    def _assign_goals(self, mask: np.ndarray) -> None:
+        """Sample this wrapper's goals for the sub-envs in ``mask`` and hand them to their next reset."""
+        if self.goal_arg is None:
+            return
+        for i in np.flatnonzero(mask):
+            self.goals[i] = self._sample_goal()
+        self.env.set_attr("goal_pool", [(g,) for g in self.goals])
+
+    def _read_goals(self, info: dict) -> np.ndarray:
+        if "goal" in info:
+            has = info.get("_goal", np.ones(self.num_envs, bool))
+            self.goals[has] = np.asarray(info["goal"], dtype=object)[has]
+        elif self.goal_arg is None:
+            raise ValueError("goal=None needs sub-environments that report info['goal'] (vlmreward envs)")
+        return np.array([self._goal_id(g) for g in self.goals], dtype=np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self._goal_rng = np.random.default_rng(seed if isinstance(seed, int) else list(seed))
+        self._assign_goals(np.ones(self.num_envs, bool))
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._needs_reset[:] = False
+        self._vlm_ended[:] = False
+        return self._policy_obs(obs, self._read_goals(info)), info
+
+    def step(self, actions):
+        reset_step, vlm_ended = self._needs_reset.copy(), self._vlm_ended.copy()
+        if reset_step.any():
+            self._assign_goals(reset_step)
+        obs, env_rewards, terminated, truncated, info = self.env.step(actions)
+        frames = None if self._frame_is_obs else np.stack(self.env.render())
+        if vlm_ended.any():  # discard the step these sub-envs took and show their reset instead
+            r_obs, r_info = self.env.reset(options={"reset_mask": vlm_ended})
+            obs = _select(vlm_ended, r_obs, obs)
+            info = _replace_info(info, r_info, vlm_ended)
+            env_rewards = np.where(vlm_ended, 0.0, env_rewards)
+            terminated, truncated = terminated & ~vlm_ended, truncated & ~vlm_ended
+        if self._frame_is_obs:
+            frames = obs
+        goal_ids = self._read_goals(info)
+
+        probs = np.zeros(self.num_envs)
+        rewards = np.zeros(self.num_envs)
+        active = ~reset_step
+        if active.any():
+            probs[active], rewards[active] = self._score(np.asarray(frames)[active], goal_ids[active])
+        success = active & (probs > self.reward_model.threshold)
+        if self.terminate_on_success:
+            self._vlm_ended = success & ~terminated & ~truncated
+            terminated = terminated | success
+        self._needs_reset = terminated | truncated
+
+        ones = np.ones(self.num_envs, bool)
+        info = dict(info, vlm_prob=probs, _vlm_prob=ones, vlm_reward=rewards.copy(), _vlm_reward=ones,
+                    goal=self.goals.copy(), _goal=ones)
+        if "success" in info:
+            info["gt_success"] = np.asarray(info["success"], bool) & info.get("_success", ones)
+            info["_gt_success"] = ones
+        if self.keep_env_reward:
+            info["env_reward"], info["_env_reward"] = np.asarray(env_rewards, np.float64), ones
+        return self._policy_obs(obs, goal_ids), rewards, terminated, truncated, info
