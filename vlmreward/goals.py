@@ -1,0 +1,180 @@
+"""The goal bank: text embeddings of goals and their negatives, computed once per run.
+
+Baumli et al. (arXiv 2312.09187, eq. 1) score a goal l against a set L = {l} + negatives, with negatives
+sampled uniformly from the task set and kept FIXED for the whole run so that rewards are not stochastic.
+Prompt templates are ensembled as in CLIP zero-shot classification: the mean of the L2-normalised embeddings of
+every template filled with the goal, renormalised.
+"""
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FORMAT = "vlmreward.GoalBank/1"
+
+
+def _strings(values, what: str) -> list[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a list of strings, not a single string")
+    values = list(values)
+    bad = [v for v in values if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise TypeError(f"{what} must be non-empty strings; got {bad[:3]!r}")
+    return values
+
+
+class GoalBank:
+    """Normalised text embeddings of goals and negatives plus each goal's fixed set, for ``reward_head``.
+
+    Args:
+        model: a :class:`vlmreward.VisionLanguageModel`.
+        goals: the goal strings (G >= 1, distinct), e.g. ``["the red ball", "the blue key"]``.
+        templates: prompt templates with one ``{}`` each, e.g. ``("a photo of {}.", "a screenshot of {}.")``;
+            a goal's embedding is the renormalised mean of its normalised template embeddings.
+        negatives: the task set negatives are drawn from (list of goal strings); None means ``goals``.
+            A goal is never its own negative.
+        num_negatives: negatives per goal, sampled uniformly without replacement from the task set minus the
+            goal; None takes all of them. Goals with fewer candidates are padded with -1 in ``goal_sets``.
+        seed: seed of the ``numpy.random.Generator`` that samples negatives (fixed for the life of the bank).
+
+    Attributes:
+        goals (list[str]), templates (tuple[str]), strings (list[str], K distinct goal/negative strings; goals
+        first), text_embeddings (float32 (K, D), L2-normalised, on the model's device), goal_sets (int64 (G, 1+N)
+        on the model's device: row g = [g, indices of its negatives..., -1 padding]), goal_embeddings ((G, D)),
+        identity (the model identity the embeddings belong to).
+
+    Raises:
+        ValueError: empty or duplicate goals, a template without ``{}``, negative ``num_negatives``.
+        TypeError: goals/negatives/templates that are not strings.
+    """
+
+    def __init__(self, model, goals: Sequence[str], *, templates: Sequence[str] = ("{}",),
+                 negatives: Sequence[str] | None = None, num_negatives: int | None = None, seed: int | None = 0):
+        goals = _strings(goals, "goals")
+        if not goals:
+            raise ValueError("goals is empty: a goal bank needs at least one goal")
+        duplicates = sorted({g for g in goals if goals.count(g) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate goals: {duplicates}")
+        templates = (templates,) if isinstance(templates, str) else tuple(_strings(templates, "templates"))
+        if not templates:
+            raise ValueError("templates is empty; use ('{}',) for the bare goal")
+        for t in templates:
+            if t.count("{}") != 1:
+                raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder")
+        task_set = list(dict.fromkeys(_strings(goals if negatives is None else negatives, "negatives")))
+        if num_negatives is not None:
+            if isinstance(num_negatives, bool) or not isinstance(num_negatives, (int, np.integer)):
+                raise TypeError(f"num_negatives must be an int or None, got {num_negatives!r}")
+            if num_negatives < 0:
+                raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for goal in goals:
+            pool = [s for s in task_set if s != goal]
+            n = len(pool) if num_negatives is None else min(int(num_negatives), len(pool))
+            chosen.append([pool[i] for i in rng.choice(len(pool), size=n, replace=False)] if n else [])
+        if any(not c for c in chosen):
+            warnings.warn("some goals have no negatives: their probability is always 1", stacklevel=2)
+
+        strings = list(dict.fromkeys(goals + [s for c in chosen for s in c]))
+        index = {s: k for k, s in enumerate(strings)}
+        width = 1 + max(len(c) for c in chosen)
+        goal_sets = torch.full((len(goals), width), -1, dtype=torch.int64)
+        for g, (goal, negs) in enumerate(zip(goals, chosen)):
+            goal_sets[g, :1 + len(negs)] = torch.tensor([index[goal]] + [index[s] for s in negs])
+
+        self._set(model, goals, templates, strings, _embed(model, strings, templates), goal_sets,
+                  seed=None if seed is None else int(seed), num_negatives=None if num_negatives is None else int(num_negatives), task_set=task_set)
+
+    def _set(self, model, goals, templates, strings, text_embeddings, goal_sets, **meta):
+        self.model_identity = model.identity
+        self.goals = list(goals)
+        self.templates = tuple(templates)
+        self.strings = list(strings)
+        # clone() outside inference mode: a normal tensor a policy may feed into autograd
+        self.text_embeddings = text_embeddings.to(model.device, torch.float32).clone()
+        self.goal_sets = goal_sets.to(model.device, torch.int64).clone()
+        self.meta = meta
+        self._index = {g: i for i, g in enumerate(self.goals)}
+
+    # ---------------------------------------------------------------------------------------- queries
+    def __len__(self) -> int:
+        return len(self.goals)
+
+    def __repr__(self):
+        return (f"GoalBank({len(self.goals)} goals, K={len(self.strings)}, N={self.goal_sets.shape[1] - 1}, "
+                f"templates={len(self.templates)}, model={self.model_identity!r})")
+
+    @property
+    def identity(self) -> str:
+        return self.model_identity
+
+    @property
+    def goal_embeddings(self) -> torch.Tensor:
+        """(G, D) float32: row g is the normalised embedding of goal g (e.g. to condition a policy)."""
+        return self.text_embeddings[: len(self.goals)]
+
+    def index(self, goal: str) -> int:
+        """Index of ``goal`` in ``goals`` (its row in ``goal_sets``). Raises KeyError naming close matches."""
+        try:
+            return self._index[goal]
+        except (KeyError, TypeError):
+            close = difflib.get_close_matches(str(goal), self.goals, n=3)
+            raise KeyError(f"goal {goal!r} is not in the bank" + (f"; close: {close}" if close else "")) from None
+
+    def negatives_of(self, goal: str) -> list[str]:
+        """The fixed negatives of ``goal``."""
+        row = self.goal_sets[self.index(goal), 1:].tolist()
+        return [self.strings[k] for k in row if k >= 0]
+
+    # ------------------------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Save embeddings, goal sets, goals, negatives, templates and the model identity (torch file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": FORMAT, "model_identity": self.model_identity, "goals": self.goals,
+                    "templates": list(self.templates), "strings": self.strings,
+                    "text_embeddings": self.text_embeddings.cpu(), "goal_sets": self.goal_sets.cpu(),
+                    "meta": self.meta}, path)
+        return path
+
+    @classmethod
+    def load(cls, path, model) -> "GoalBank":
+        """Load a bank saved by :meth:`save` for ``model`` (no text encoding).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a goal-bank file, or a bank built with another model (identity differs).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"goal bank file not found: {str(path)!r}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{str(path)!r} is not a readable goal bank file: {type(e).__name__}: {e}") from e
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{str(path)!r} is not a goal bank file (format {FORMAT})")
+        if state["model_identity"] != model.identity:
+            raise ValueError(f"goal bank {str(path)!r} was built with model {state['model_identity']!r}, not "
+                             f"with this model ({model.identity!r}); rebuild it with GoalBank(model, ...)")
+        bank = cls.__new__(cls)
+        bank._set(model, state["goals"], state["templates"], state["strings"], state["text_embeddings"],
+                  state["goal_sets"], **state["meta"])
+        return bank
+
+
+@torch.inference_mode()
+def _embed(model, strings: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+    """(K, D) template-ensembled, L2-normalised embeddings: normalise(mean_t normalise(g(t.format(s))))."""
+    texts = [t.replace("{}", s) for s in strings for t in templates]
+    e = F.normalize(model.encode_text(texts).float(), dim=-1).view(len(strings), len(templates), -1)
+    return F.normalize(e.mean(dim=1), dim=-1)
