@@ -76,7 +76,9 @@ class _GoalMixin:
         if goal is not None:
             self._check_goal(goal)
         obs, info = super().reset(seed=seed, options=options or None)
-        self.goal = goal if goal is not None else self.goal_pool[int(self.np_random.integers(len(self.goal_pool)))]
+        goal = goal if goal is not None else self.goal_pool[int(self.np_random.integers(len(self.goal_pool)))]
+        self._check_goal(goal)  # goal_pool may be set from outside (vector wrappers use set_attr)
+        self.goal = goal
         return obs, {**info, "goal": self.goal, "success": self.goal_success(self.goal)}
 
     def step(self, action):

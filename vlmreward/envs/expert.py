@@ -94,7 +94,7 @@ def _cartpole_action(env) -> int:
         return 1  # accelerating the cart right tips the pole left
     if goal.endswith("fallen to the right"):
         return 0
-    target = {"left": -1.5, "right": 1.5}.get(goal.split()[-3] if "side" in goal else "", 0.0)
+    target = -1.5 if "left side" in goal else 1.5 if "right side" in goal else 0.0
     # Linear feedback (hand-tuned LQR-like gains): balance the pole, drift the cart towards ``target``.
     u = 10.0 * theta + 2.0 * theta_dot + 0.3 * (x - target) + 0.6 * x_dot
     return int(u > 0)

@@ -149,6 +149,7 @@ class HouseholdEnv(RoomGrid):
 
     def _gen_grid(self, width, height):
         goal = self._next_goal or self.goal_pool[int(self.np_random.integers(len(self.goal_pool)))]
+        self._check_goal(goal)  # goal_pool may be set from outside (vector wrappers use set_attr)
         self.goal = self.mission = goal
         need = list(self._specs[goal])
         from vlmreward.envs.expert import solvable  # planner shared with the expert

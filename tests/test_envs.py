@@ -1,0 +1,235 @@
+"""The five registered environments: gymnasium's checker, ground truth against independent references
+(BabyAI's instruction verifier, MiniGrid's grid encoding, gymnasium's own termination), experts, frames."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from minigrid.core.constants import COLOR_TO_IDX, COLORS, OBJECT_TO_IDX
+from minigrid.envs.babyai.core.verifier import GoToInstr, ObjDesc, PickupInstr, PutNextInstr
+
+import vlmreward  # noqa: F401  (registers the ids)
+from vlmreward.envs import ENV_IDS, HELDOUT_PAIRS, expert_action
+from vlmreward.envs.household import DROP, PICKUP
+
+HOUSEHOLD = ("vlmreward/Find-v0", "vlmreward/Lift-v0", "vlmreward/PickPlace-v0")
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env_passes(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    assert info["goal"] in env.unwrapped.train_goals and info["success"] == env.unwrapped.goal_success(info["goal"])
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[-1] == 3
+    if env_id in HOUSEHOLD:
+        assert obs.shape == (224, 224, 3) and np.array_equal(obs, frame)  # the observation IS the frame
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_task_set_split(env_id):
+    base = gym.make(env_id).unwrapped
+    train, held = set(base.train_goals), set(base.heldout_goals)
+    assert train and held and not train & held and train | held == set(base.task_set)
+    assert len(set(base.task_set)) == len(base.task_set)
+    if env_id in HOUSEHOLD:
+        for goal in base.train_goals:  # no held-out colour-object pair in any training goal
+            assert not any(f"{c} {o}" in goal for c, o in HELDOUT_PAIRS)
+        for goal in base.heldout_goals:
+            assert any(f"{c} {o}" in goal for c, o in HELDOUT_PAIRS)
+    goals = {base.reset(seed=s)[1]["goal"] for s in range(30)}
+    assert goals <= train
+
+
+def _instr(env):
+    """BabyAI's own verifier for the episode's goal (an independent implementation of the semantics)."""
+    base = env.unwrapped
+    descs = [ObjDesc(o, c) for c, o in base._specs[base.goal]]
+    instr = {"find": GoToInstr, "lift": PickupInstr, "pickplace": PutNextInstr}[base.family](*descs)
+    instr.reset_verifier(base)
+    return instr
+
+
+@pytest.mark.parametrize("env_id", HOUSEHOLD)
+def test_success_matches_babyai_verifier(env_id):
+    """Over random, expert and partly-random play, the env's success signal and reward equal BabyAI's verdict."""
+    env = gym.make(env_id)
+    rng = np.random.default_rng(0)
+    seen = {True: 0, False: 0}
+    for ep, p_expert in enumerate([0.0] * 6 + [1.0] * 6 + [0.6] * 6):
+        obs, info = env.reset(seed=100 + ep)
+        instr, base = _instr(env), env.unwrapped
+        anchor = base.grid.get(*base._find(base._specs[base.goal][-1])) if base.family == "pickplace" else None
+        anchor_moved = False
+        done = False
+        while not done:
+            action = expert_action(env) if rng.random() < p_expert else int(env.action_space.sample())
+            obs, reward, terminated, truncated, info = env.step(action)
+            verdict = instr.verify(action) == "success"
+            anchor_moved |= anchor is not None and base.carrying is anchor
+            if not anchor_moved:  # BabyAI's PutNext tracks the fixed object's start cell only
+                assert info["success"] == verdict
+            assert terminated == info["success"]
+            assert reward == pytest.approx(1 - 0.9 * base.step_count / base.max_steps if verdict else 0.0) \
+                or anchor_moved
+            seen[info["success"]] += 1
+            done = terminated or truncated
+    assert seen[True] >= 6 and seen[False] > 50
+
+
+def _reference_success(base, goal):
+    """Ground truth from MiniGrid's grid encoding (type, colour, state) and the carried object."""
+    enc = base.grid.encode()  # (W, H, 3)
+    pairs = base._specs[goal]
+
+    def cells(pair):
+        c, o = pair
+        return {tuple(p) for p in np.argwhere((enc[..., 0] == OBJECT_TO_IDX[o]) & (enc[..., 1] == COLOR_TO_IDX[c]))}
+
+    if base.family == "lift":
+        return base.carrying is not None and base.carrying.encode()[:2] == (OBJECT_TO_IDX[pairs[0][1]],
+                                                                           COLOR_TO_IDX[pairs[0][0]])
+    if base.family == "find":
+        return tuple(int(v) for v in base.front_pos) in cells(pairs[0])
+    return any(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a in cells(pairs[0]) for b in cells(pairs[1]))
+
+
+@pytest.mark.parametrize("env_id", HOUSEHOLD)
+def test_goal_success_for_every_goal(env_id):
+    env = gym.make(env_id)
+    base = env.unwrapped
+    positives = 0
+    for ep in range(4):
+        env.reset(seed=ep)
+        for t in range(25):
+            env.step(expert_action(env) if t % 3 else int(env.action_space.sample()))
+            for goal in base.task_set:
+                truth = base.goal_success(goal)
+                assert truth == _reference_success(base, goal), goal
+                positives += truth
+    assert positives > 0
+
+
+@pytest.mark.parametrize("env_id", HOUSEHOLD)
+def test_expert_reaches_train_and_heldout_goals(env_id):
+    env = gym.make(env_id)
+    base = env.unwrapped
+    goals = base.train_goals[:4] + base.heldout_goals[:4]
+    for i, goal in enumerate(goals):
+        env.reset(seed=i, options={"goal": goal})
+        assert base.goal == goal and not base.goal_success(goal)
+        for c, o in base._specs[goal]:  # the goal's objects are in the room
+            assert base._find((c, o)) is not None
+        done, info = False, {}
+        while not done:
+            _, _, terminated, truncated, info = env.step(expert_action(env))
+            done = terminated or truncated
+        assert info["success"], goal
+        assert base.step_count <= {"find": 12, "lift": 14, "pickplace": 30}[base.family]
+
+
+def test_carried_object_is_visible():
+    env = gym.make("vlmreward/Lift-v0", render_mode="rgb_array")
+    obs, _ = env.reset(seed=3)
+    base = env.unwrapped
+    colour = base._specs[base.goal][0][0]
+    done = False
+    while not done:
+        action = expert_action(env)
+        obs, _, done, _, _ = env.step(action)
+    assert base.carrying is not None and action == PICKUP
+    ts = base.tile_size
+    x, y = base.agent_pos
+    tile = obs[y * ts:(y + 1) * ts, x * ts:(x + 1) * ts].reshape(-1, 3)
+    assert np.any(np.all(tile == COLORS[colour], axis=-1))  # the carried object's colour is in the agent's cell
+    assert np.array_equal(obs, env.render())
+
+
+def test_frame_size_and_grid_size_configurable():
+    env = gym.make("vlmreward/Find-v0", grid_size=6, frame_size=100, num_objects=3)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (100, 100, 3) and env.observation_space.contains(obs)
+    assert env.unwrapped.tile_size == 16
+
+
+def test_bad_input_household():
+    env = gym.make("vlmreward/Find-v0")
+    with pytest.raises(ValueError, match="task set"):
+        env.reset(options={"goal": "go to the pink elephant"})
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="task set"):
+        env.unwrapped.goal_success("pick up the red ball")  # a Lift goal is not a Find goal
+    with pytest.raises(TypeError):
+        env.unwrapped.goal_success(3)
+    with pytest.raises(ValueError, match="family"):
+        gym.make("vlmreward/Find-v0", family="cook")
+    with pytest.raises(ValueError, match="grid_size"):
+        gym.make("vlmreward/Find-v0", grid_size=3)
+    with pytest.raises(ValueError, match="action"):
+        env.unwrapped.step(DROP)  # Find has no drop action
+
+
+def test_cartpole_ground_truth_matches_gymnasium_termination():
+    env = gym.make("vlmreward/CartPoleUpright-v0")
+    base = env.unwrapped
+    fallen = 0
+    for ep in range(20):
+        env.reset(seed=ep)
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, info = env.step(int(env.action_space.sample()))
+            x, _, theta, _ = base.state
+            gym_fail = terminated  # gymnasium: |x| > 2.4 or |theta| > 12 degrees
+            ours = base.goal_success("the pole has fallen to the left") or \
+                base.goal_success("the pole has fallen to the right") or abs(x) > 2.4
+            assert gym_fail == ours
+            assert info["success"] == (abs(theta) <= 6 * math.pi / 180)
+            fallen += terminated
+    assert fallen == 20
+
+
+def test_classic_experts():
+    env = gym.make("vlmreward/CartPoleUpright-v0")
+    for goal in ("the pole is upright", "the cart is on the right side of the track",
+                 "the pole has fallen to the left"):
+        env.reset(seed=1, options={"goal": goal})
+        hits = []
+        for _ in range(500):
+            _, _, terminated, truncated, info = env.step(expert_action(env))
+            hits.append(info["success"])
+            if terminated or truncated:
+                break
+        assert any(hits[-20:]), goal
+    assert len(hits) < 500  # falling on purpose ends the episode
+    env = gym.make("vlmreward/MountainCarFlag-v0")
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(expert_action(env))
+        done = terminated or truncated
+    assert terminated and info["success"] and env.unwrapped.state[0] >= 0.5
+
+
+def test_mountaincar_textured_rendering():
+    plain = gym.make("vlmreward/MountainCarFlag-v0", render_mode="rgb_array")
+    textured = gym.make("vlmreward/MountainCarFlag-v0", render_mode="rgb_array", textured=True)
+    plain.reset(seed=0)
+    textured.reset(seed=0)
+    a, b = plain.render(), textured.render()
+    assert a.shape == b.shape == (400, 600, 3)
+    white = np.all(a == 255, axis=-1)
+    assert white.mean() > 0.5 and not np.all(b == 255, axis=-1).any()
+    assert np.array_equal(a[~white], b[~white])  # car, track and flag unchanged
+    sky, ground = b[10, 300], b[390, 300]
+    assert sky[2] > sky[1] and ground[1] > ground[2]  # blue above, green/brown below
+    assert np.array_equal(b, textured.render())
+
+
+def test_bad_input_classic():
+    env = gym.make("vlmreward/MountainCarFlag-v0")
+    with pytest.raises(ValueError, match="task set"):
+        env.reset(options={"goal": "the pole is upright"})
+    with pytest.raises(ValueError, match="task set"):
+        gym.make("vlmreward/CartPoleUpright-v0", goal_pool=["fly"])
