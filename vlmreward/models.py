@@ -355,6 +355,8 @@ def _build(source: str, model_cfg: dict, checkpoint: Path | None, device, precis
         try:
             keys = open_clip.load_checkpoint(model, str(checkpoint), strict=False, weights_only=True)
         except Exception as e:  # safetensors / zip / unpickling errors all mean the same thing to the user
+            if "size mismatch" in str(e):
+                raise ValueError(f"checkpoint {str(checkpoint)!r} does not match architecture {name!r}: {e}") from e
             raise ValueError(f"checkpoint {str(checkpoint)!r} could not be read as {name!r} weights (corrupt, "
                              f"truncated, or not a state dict): {type(e).__name__}: {e}") from e
         missing = list(getattr(keys, "missing_keys", []))

