@@ -1,0 +1,225 @@
+"""VLMRewardWrapper / VectorVLMRewardWrapper against the RewardModel run on the same frames, with a real
+(tiny, random-weight) open_clip model and the real environments."""
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import vlmreward  # noqa: F401
+from vlmreward.goals import GoalBank
+from vlmreward.reward import RewardModel
+from vlmreward.wrappers import VectorVLMRewardWrapper, VLMRewardWrapper
+
+FIND = "vlmreward/Find-v0"
+CARTPOLE = "vlmreward/CartPoleUpright-v0"
+SMALL = {"frame_size": 70}  # 10-pixel tiles: keeps rendering and preprocessing cheap on a shared CPU
+
+
+@pytest.fixture(scope="module")
+def find_bank(tiny_model):
+    return GoalBank(tiny_model, gym.make(FIND, **SMALL).unwrapped.task_set, num_negatives=5)
+
+
+@pytest.fixture(scope="module")
+def cartpole_bank(tiny_model):
+    return GoalBank(tiny_model, gym.make(CARTPOLE).unwrapped.task_set)
+
+
+class CountingRewardModel:
+    """The real RewardModel, counting calls and keeping what it was given."""
+
+    def __init__(self, model):
+        self.inner, self.calls = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, frames, goal_ids=None):
+        self.calls.append((np.array(frames), None if goal_ids is None else np.array(goal_ids)))
+        return self.inner(frames, goal_ids)
+
+
+class CountingRender(gym.Wrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        self.renders = 0
+
+    def render(self):
+        self.renders += 1
+        return self.env.render()
+
+
+def _probs_threshold(reward_model, frames, goals, quantile=0.6):
+    """A threshold that splits the probabilities of these frames, placed mid-gap (robust to float noise)."""
+    p = np.sort(reward_model(frames, goals).probs.numpy())
+    k = int(quantile * len(p))
+    gaps = np.diff(p)
+    k = k - 2 + int(np.argmax(gaps[k - 2:k + 2]))
+    return float((p[k] + p[k + 1]) / 2)
+
+
+def test_single_env_reward_equals_reward_model(tiny_model, find_bank):
+    rm = CountingRewardModel(RewardModel(tiny_model, find_bank, threshold=1.0))
+    env = VLMRewardWrapper(gym.make(FIND, **SMALL), rm, goal_embedding=True)
+    obs, info = env.reset(seed=0)
+    assert obs["goal_id"] == find_bank.index(info["goal"]) == find_bank.index(env.unwrapped.goal)
+    np.testing.assert_allclose(obs["goal_embedding"], find_bank.goal_embeddings[obs["goal_id"]].numpy())
+    assert env.observation_space.contains(obs)
+    for t in range(10):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        ref = rm.inner(obs["observation"][None], torch.tensor([obs["goal_id"]]))
+        assert reward == pytest.approx(float(ref.rewards[0])) and info["vlm_reward"] == reward
+        assert info["vlm_prob"] == pytest.approx(float(ref.probs[0]), abs=1e-6)
+        assert info["gt_success"] == env.unwrapped.goal_success(info["goal"])
+        assert "env_reward" in info and not terminated  # threshold 1: never a VLM success
+        if truncated:
+            break
+    assert len(rm.calls) == t + 1 and all(f.shape == (1, 70, 70, 3) for f, _ in rm.calls)
+
+
+def test_single_env_terminates_on_vlm_success(tiny_model, find_bank):
+    always = RewardModel(tiny_model, find_bank, threshold=0.0)  # every p > 0: success at once
+    env = VLMRewardWrapper(gym.make(FIND, **SMALL), always)
+    env.reset(seed=1)
+    _, reward, terminated, _, info = env.step(0)
+    assert terminated and reward == 1.0 and info["env_reward"] == 0.0
+    env = VLMRewardWrapper(gym.make(FIND, **SMALL), always, terminate_on_success=False, keep_env_reward=False)
+    env.reset(seed=1)
+    _, reward, terminated, _, info = env.step(0)
+    assert not terminated and reward == 1.0 and "env_reward" not in info
+
+
+def test_single_env_renders_once_per_step_and_uses_goal_argument(tiny_model, cartpole_bank):
+    rm = RewardModel(tiny_model, cartpole_bank, threshold=1.0)
+    inner = CountingRender(gym.make(CARTPOLE, render_mode="rgb_array"))
+    goal = "the cart is on the left side of the track"
+    env = VLMRewardWrapper(inner, rm, goal=goal)
+    obs, info = env.reset(seed=0)
+    assert env.unwrapped.goal == goal == info["goal"] and obs["goal_id"] == cartpole_bank.index(goal)
+    for _ in range(5):
+        obs, reward, _, _, info = env.step(1)
+        frame = env.unwrapped.render()  # deterministic re-render, outside the counted wrapper
+        assert reward == pytest.approx(float(rm(frame[None], [obs["goal_id"]]).rewards[0]))
+    assert inner.renders == 5
+    sampled = VLMRewardWrapper(gym.make(CARTPOLE, render_mode="rgb_array"), rm,
+                               goal=lambda rng: cartpole_bank.goals[int(rng.integers(1, 3))])
+    goals = {sampled.reset(seed=s)[1]["goal"] for s in range(12)}
+    assert goals == set(cartpole_bank.goals[1:3])
+
+
+def test_bad_input(tiny_model, find_bank, cartpole_bank):
+    rm = RewardModel(tiny_model, find_bank)
+    with pytest.raises(ValueError, match="render_mode"):
+        VLMRewardWrapper(gym.make(CARTPOLE), RewardModel(tiny_model, cartpole_bank))
+    with pytest.raises(ValueError, match="goal bank"):
+        VLMRewardWrapper(gym.make(FIND, **SMALL), rm, goal="go to the moon")
+    with pytest.raises(ValueError, match="task set"):
+        VLMRewardWrapper(gym.make(FIND, grid_size=6), RewardModel(tiny_model, GoalBank(
+            tiny_model, ["pick up the red ball"])), goal="pick up the red ball")
+    with pytest.raises(TypeError):
+        VLMRewardWrapper(gym.make(FIND, **SMALL), rm, goal=3)
+    with pytest.raises(ValueError, match="goal=None"):
+        VLMRewardWrapper(gym.make("CartPole-v1", render_mode="rgb_array"), rm)
+
+    class TwoChannelFrames(gym.Wrapper):  # an env that renders frames of the wrong shape
+        def render(self):
+            return self.env.render()[..., :2]
+
+    env = VLMRewardWrapper(TwoChannelFrames(gym.make(CARTPOLE, render_mode="rgb_array")),
+                           RewardModel(tiny_model, cartpole_bank))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        env.step(0)
+    with pytest.raises(ValueError, match="NEXT_STEP"):
+        VectorVLMRewardWrapper(gym.make_vec(FIND, 2, vector_kwargs={
+            "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}), rm)
+
+
+def _rollout(env, steps=30, seed=3):
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=seed)
+    out = {k: [] for k in ("obs", "goal_id", "reward", "terminated", "truncated")}
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.integers(0, 3, env.num_envs))
+        for k, v in zip(out, (obs["observation"], obs["goal_id"], reward, terminated, truncated)):
+            out[k].append(np.array(v))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def mixed_threshold(tiny_model, find_bank):
+    """A threshold under which some, not all, random Find frames count as successes."""
+    env = gym.make(FIND, **SMALL)
+    frames, goals = [], []
+    for s in range(6):
+        obs, info = env.reset(seed=s)
+        for _ in range(6):
+            obs, *_ = env.step(int(env.action_space.sample()))
+            frames.append(obs)
+            goals.append(find_bank.index(info["goal"]))
+    return _probs_threshold(RewardModel(tiny_model, find_bank), np.stack(frames), goals, quantile=0.8)
+
+
+def test_vector_one_call_per_step_and_autoreset_masking(tiny_model, find_bank, mixed_threshold):
+    rm = CountingRewardModel(RewardModel(tiny_model, find_bank, threshold=mixed_threshold))
+    env = VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=4, **SMALL), rm)
+    obs, _ = env.reset(seed=0)
+    done_before = np.zeros(4, bool)
+    ended = 0
+    for t in range(25):
+        obs, reward, terminated, truncated, info = env.step(np.random.default_rng(t).integers(0, 3, 4))
+        assert len(rm.calls) == t + 1 - (t > 0 and done_before.all())  # one batched call (none if all reset)
+        frames, ids = rm.calls[-1]
+        active = ~done_before
+        assert np.array_equal(frames, obs["observation"][active]) and np.array_equal(ids, obs["goal_id"][active])
+        ref = rm.inner(obs["observation"][active], obs["goal_id"][active])
+        np.testing.assert_allclose(reward[active], ref.rewards.numpy())
+        np.testing.assert_allclose(info["vlm_prob"][active], ref.probs.numpy(), atol=1e-6)
+        assert np.all(reward[done_before] == 0) and not np.any(terminated[done_before] | truncated[done_before])
+        vlm_success = np.zeros(4, bool)
+        vlm_success[active] = ref.probs.numpy() > mixed_threshold
+        # the base env ends an episode on ground-truth success, the wrapper also on VLM success
+        np.testing.assert_array_equal(terminated, active & (vlm_success | info["gt_success"]))
+        ended += vlm_success.sum()
+        done_before = terminated | truncated
+    assert 0 < ended < 4 * 25
+
+
+def test_vector_vlm_termination_equals_self_terminating_envs(tiny_model, find_bank, mixed_threshold):
+    """A sub-env ended by the VLM looks exactly like a sub-env that terminated by itself (NEXT_STEP)."""
+    rm = RewardModel(tiny_model, find_bank, threshold=mixed_threshold)
+    ours = _rollout(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=3, **SMALL), rm))
+    selfterm = gym.make_vec(FIND, num_envs=3, **SMALL, wrappers=[lambda e: VLMRewardWrapper(e, rm)])
+    ref = _rollout(selfterm)
+    assert ref["terminated"].sum() > 0
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
+
+
+def test_vector_sync_and_async_agree(tiny_model, find_bank, mixed_threshold):
+    rm = RewardModel(tiny_model, find_bank, threshold=mixed_threshold)
+    sync = _rollout(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=3, vectorization_mode="sync", **SMALL), rm))
+    envs = gym.make_vec(FIND, num_envs=3, vectorization_mode="async", **SMALL)
+    try:
+        asyn = _rollout(VectorVLMRewardWrapper(envs, rm))
+    finally:
+        envs.close()
+    assert sync["terminated"].sum() > 0
+    for k in sync:
+        np.testing.assert_array_equal(sync[k], asyn[k], err_msg=k)
+
+
+def test_vector_rendered_frames_and_goal(tiny_model, cartpole_bank):
+    rm = CountingRewardModel(RewardModel(tiny_model, cartpole_bank, threshold=1.0))
+    goal = "the pole is upright"
+    env = VectorVLMRewardWrapper(gym.make_vec(CARTPOLE, num_envs=3, render_mode="rgb_array"), rm, goal=goal,
+                                 goal_embedding=True)
+    obs, info = env.reset(seed=0)
+    assert np.all(obs["goal_id"] == cartpole_bank.index(goal)) and obs["goal_embedding"].shape == (3, 32)
+    for _ in range(4):
+        obs, reward, *_ = env.step(np.ones(3, np.int64))
+        frames = np.stack(env.env.render())  # deterministic re-render of the same states
+        assert np.array_equal(rm.calls[-1][0], frames) and frames.shape == (3, 400, 600, 3)
+        np.testing.assert_allclose(reward, rm.inner(frames, obs["goal_id"]).rewards.numpy())
+    with pytest.raises(ValueError, match="render_mode"):
+        VectorVLMRewardWrapper(gym.make_vec(CARTPOLE, num_envs=2), rm)
