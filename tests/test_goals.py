@@ -51,13 +51,13 @@ def test_sampled_negatives_fixed_uniform_and_exclude_goal(tiny_model):
         assert bank.negatives_of(goal) == [pool[i] for i in rng.choice(len(pool), size=3, replace=False)]
     # uniform over the task set minus the goal: frequencies over many seeds
     counts = {s: 0 for s in TASK_SET}
-    for seed in range(80):
+    for seed in range(40):
         for s in GoalBank(tiny_model, ["the red ball"], negatives=TASK_SET, num_negatives=3, seed=seed).negatives_of(
                 "the red ball"):
             counts[s] += 1
     assert counts["the red ball"] == 0
-    freq = np.array([counts[s] for s in TASK_SET if s != "the red ball"]) / (80 * 3)
-    np.testing.assert_allclose(freq, 1 / 6, atol=0.07)  # sd ~0.019 at 80 seeds
+    freq = np.array([counts[s] for s in TASK_SET if s != "the red ball"]) / (40 * 3)
+    np.testing.assert_allclose(freq, 1 / 6, atol=0.1)  # sd ~0.026 at 40 seeds
 
 
 def test_padding_when_the_task_set_is_short(tiny_model):
