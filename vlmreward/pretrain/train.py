@@ -1,0 +1,279 @@
+"""``vlmreward pretrain``: train the embedded default reward model (an open_clip CLIP) on the project's envs.
+
+Data: :func:`vlmreward.pretrain.dataset.default_recipe` (labelled frames of all five environments, split by
+seed). Captions: the training goals (held-out goals never) in :data:`~vlmreward.pretrain.captions.TRAIN_TEMPLATES`.
+Loss: :class:`~vlmreward.pretrain.loss.MultiPositiveClipLoss` + the paper's reward as a classifier
+(:func:`~vlmreward.pretrain.loss.reward_bce`). Validation per epoch: average precision of the reward
+probability (paper eq. 1) on validation seeds, training and held-out goals. Checkpoints are atomic
+(``<out>/checkpoint.pt``), ``--resume`` continues from the last finished epoch; the run is seeded.
+
+Reproduce the shipped model (see vlmreward/assets/default/RECIPE.json)::
+
+    vlmreward pretrain --export vlmreward/assets/default
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlmreward.pretrain.captions import TRAIN_TEMPLATES
+from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, export_hub_dir, is_hf_text,
+                                          load_training_state, model_config, save_training_state)
+from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
+from vlmreward.pretrain.loss import MultiPositiveClipLoss, reward_bce, sample_goal_sets
+from vlmreward.pretrain.text import CaptionEncoder
+
+DEFAULT_MODEL = "VLMR-ViT-T-12-84-MiniLM"
+
+
+@dataclass
+class PretrainConfig:
+    """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
+    model: str = DEFAULT_MODEL
+    epochs: int = 5
+    steps_per_epoch: int = 160
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    num_negatives: int = 8          # reward loss: negatives per query, sampled from (2, 4, ..., num_negatives)
+    num_queries: int = 8            # reward loss: query goals per frame
+    clip_weight: float = 0.5        # weight of the contrastive term beside the reward term
+    positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
+    eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
+    data_scale: float = 1.0         # multiplies the default recipe's episode counts
+    data_dir: str = "data/pretrain"
+    out: str = "runs/pretrain"
+    export: str = ""                # also write the final model here in open_clip hub layout
+    seed: int = 0
+    threads: int = 1
+    resume: bool = False
+    progress: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=typ, default=f.default)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    metrics = train(cfg, argv=sys.argv)
+    print(json.dumps(metrics["val"], indent=1))
+    return 0
+
+
+# ----- data helpers ------------------------------------------------------------------------------------
+def to_pixels(frames_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B,S,S,3) already at the model's size -> normalised float (B,3,S,S) (what preprocess gives)."""
+    x = frames_u8.permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction: float) -> torch.Tensor:
+    """Per-frame weights: each environment gets an equal share, within it ``positive_fraction`` of frames
+    where a training goal holds (positives are rare in most environments)."""
+    pos = ds.labels[:, train_cols].any(1)
+    w = np.zeros(len(ds))
+    envs = np.unique(ds.env_index)
+    for e in envs:
+        for flag, share in ((True, positive_fraction), (False, 1 - positive_fraction)):
+            m = (ds.env_index == e) & (pos == flag)
+            if m.any():
+                w[m] = share / m.sum()
+        m = ds.env_index == e
+        w[m] /= w[m].sum() * len(envs)
+    return torch.as_tensor(w)
+
+
+def goal_sets_for(env_goal_cols, num_negatives: int, seed: int):
+    """Fixed negatives like ``GoalBank``: each goal + ``num_negatives`` other goals of its task set (cols)."""
+    rng = np.random.default_rng(seed)
+    cols = np.asarray(env_goal_cols)
+    n = min(num_negatives, len(cols) - 1)
+    sets = [[c, *rng.choice(cols[cols != c], size=n, replace=False)] for c in cols]
+    return torch.as_tensor(np.array(sets, dtype=np.int64))
+
+
+@torch.no_grad()
+def embed_images(model, frames: np.ndarray, mean, std, batch: int = 512) -> torch.Tensor:
+    out = [model.encode_image(to_pixels(torch.from_numpy(frames[i:i + batch]), mean, std))
+           for i in range(0, len(frames), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def validate(model, model_name: str, ds: FrameDataset, mean, std, num_negatives: int, seed: int = 0) -> dict:
+    """Average precision of the paper's reward probability, per environment, training / held-out goals."""
+    from sklearn.metrics import average_precision_score
+
+    from vlmreward.ops import reward_head
+    model.eval()
+    img = embed_images(model, ds.frames, mean, std)
+    txt = CaptionEncoder(model, model_name, [[g] for g in ds.goals])(torch.zeros(len(ds.goals), dtype=torch.long))
+    scale = float(model.logit_scale.exp())
+    result = {}
+    for e, env_id in enumerate(ds.env_ids):
+        rows = ds.env_index == e
+        cols = np.asarray(ds.env_goals[e])
+        sets = goal_sets_for(cols, num_negatives, seed)
+        probs = reward_head(img[rows], txt, sets, logit_scale=scale, threshold=0.5).probs.numpy()
+        labels = ds.labels[rows][:, cols]
+        r = {}
+        for split, m in (("train", ds.train_goal_mask[cols]), ("heldout", ~ds.train_goal_mask[cols])):
+            y, p = labels[:, m].ravel(), probs[:, m].ravel()
+            r[f"ap_{split}"] = float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+        result[env_id.split("/")[-1].removesuffix("-v0")] = r
+    model.train()
+    return result
+
+
+def _score(val: dict) -> float:
+    vals = [v for r in val.values() for v in r.values() if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def param_groups(model, weight_decay: float):
+    """open_clip's convention: no weight decay on gains, biases, embeddings-like 1-d params, logit_scale."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "bn" in n or "ln" in n or "logit_scale" in n else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----- training ----------------------------------------------------------------------------------------
+def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
+          val_ds: FrameDataset | None = None) -> dict:
+    """Train per ``cfg``; returns {"val": last validation metrics, "best": best score, "history": [...],
+    "out": run dir}. Datasets default to the cached default recipe (generated on first use).
+
+    Raises ValueError for an empty dataset or a bad config, FileNotFoundError/ValueError for ``resume``
+    without a (valid) checkpoint.
+    """
+    from tqdm.auto import tqdm
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    mcfg = model_config(cfg.model)
+    size = mcfg["vision_cfg"]["image_size"]
+    if train_ds is None:
+        train_ds = load_or_generate(default_recipe("train", size, cfg.data_scale), cfg.data_dir, cfg.progress)
+    if val_ds is None:
+        val_ds = load_or_generate(default_recipe("val", size, cfg.data_scale), cfg.data_dir, cfg.progress)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ValueError("empty dataset: no frames to train or validate on")
+    if train_ds.frames.shape[1] != size:
+        raise ValueError(f"dataset frames are {train_ds.frames.shape[1]} px, model {cfg.model} needs {size}")
+
+    model = build_model(cfg.model)
+    model.train()
+    mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
+    train_cols = np.flatnonzero(train_ds.train_goal_mask)  # held-out goals never become captions
+    goals = [train_ds.goals[c] for c in train_cols]
+    captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
+    labels_all = torch.from_numpy(train_ds.labels[:, train_cols])
+    env_all = torch.from_numpy(train_ds.env_index)
+    col_of = {c: i for i, c in enumerate(train_cols)}
+    env_cand = torch.zeros(len(train_ds.env_ids), len(train_cols), dtype=torch.bool)
+    for e, cols in enumerate(train_ds.env_goals):
+        env_cand[e, [col_of[c] for c in cols if c in col_of]] = True
+    weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction)
+
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    total = cfg.epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (
+        1 + math.cos(math.pi * min(s, total) / total)))
+    clip_loss = MultiPositiveClipLoss()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    start_epoch, history, best = 0, [], -1.0
+    if cfg.resume:
+        state = load_training_state(ckpt_path)
+        if state["config"]["model"] != cfg.model:
+            raise ValueError(f"checkpoint {ckpt_path} is for model {state['config']['model']}, not {cfg.model}")
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or any(not k.startswith(EXTERNAL_TEXT_PREFIX) for k in missing):
+            raise ValueError(f"checkpoint {ckpt_path} does not match {cfg.model}")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"], json.loads(state["history"]), state["best"]
+
+    hf = is_hf_text(mcfg)
+    for epoch in range(start_epoch, cfg.epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # epoch-seeded: resume replays exactly
+        idx = torch.multinomial(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True, generator=g)
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        sums, t0 = {"loss": 0.0, "clip": 0.0, "reward": 0.0}, time.time()
+        for step in bar:
+            b = idx[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            pixels = to_pixels(torch.from_numpy(train_ds.frames[b.numpy()]), mean, std)
+            y, env = labels_all[b], env_all[b]
+            img = F.normalize(model.encode_image(pixels), dim=-1)
+            txt = captions(torch.randint(0, len(TRAIN_TEMPLATES), (len(goals),), generator=g))
+            scale = model.logit_scale.exp()
+            logits = scale * img @ txt.T
+            l_clip = clip_loss(img, txt, scale, y)
+            n_neg = int(2 ** torch.randint(1, int(math.log2(cfg.num_negatives)) + 1, (), generator=g))
+            l_rew = []
+            for e in env.unique():
+                rows = env == e
+                cand = env_cand[e]
+                if cand.sum() < 2:  # a single training goal (classic control): negatives from all domains
+                    cand = torch.ones_like(cand)
+                cand = cand.expand(int(rows.sum()), -1)
+                q, negs, valid = sample_goal_sets(y[rows], cand, cfg.num_queries,
+                                                  min(n_neg, int(cand[0].sum()) - 1), generator=g)
+                l_rew.append(reward_bce(logits[rows], y[rows], q, negs, valid) * rows.float().mean())
+            l_rew = torch.stack(l_rew).sum()
+            loss = l_rew + cfg.clip_weight * l_clip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew)):
+                sums[k] += float(v.detach())
+            bar.set_postfix(loss=f"{float(loss):.3f}", scale=f"{float(scale):.1f}")
+        val = validate(model, cfg.model, val_ds, mean, std, cfg.eval_negatives, seed=cfg.seed)
+        score = _score(val)
+        rec = {"epoch": epoch + 1, **{k: v / cfg.steps_per_epoch for k, v in sums.items()},
+               "logit_scale": float(model.logit_scale.exp()), "seconds": time.time() - t0, "val": val,
+               "val_score": score}
+        history.append(rec)
+        print(json.dumps(rec), flush=True)
+        if score > best:
+            best = score
+            export_hub_dir(model, cfg.model, out / "best")
+        sd = {k: v for k, v in model.state_dict().items() if not (hf and k.startswith(EXTERNAL_TEXT_PREFIX))}
+        save_training_state(ckpt_path, {"model": sd, "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "epoch": epoch + 1, "best": best,
+                                        "history": json.dumps(history), "config": asdict(cfg)})
+    export_hub_dir(model, cfg.model, out / "final")
+    result = {"val": history[-1]["val"] if history else {}, "best": best, "history": history, "out": str(out)}
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    if cfg.export:
+        recipe = {"command": " ".join(["vlmreward", "pretrain", *(argv or [])[2:]]) if argv else None,
+                  "config": asdict(cfg), "data_recipe": {s: asdict(default_recipe(s, size, cfg.data_scale))
+                                                         for s in ("train", "val")},
+                  "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history}
+        export_hub_dir(model, cfg.model, cfg.export, extra={"seed": cfg.seed})
+        Path(cfg.export, "RECIPE.json").write_text(json.dumps(recipe, indent=1, default=list) + "\n")
+    return result
