@@ -152,7 +152,7 @@ def test_bad_input(tiny_model, tmp_path, frames):
     other = load_model(str(save_hub_layout(build_tiny_clip(seed=4), tmp_path / "o")))
     with pytest.raises(ValueError, match="built with model"):
         RewardModel(other, bank)
-    for kwargs, match in [(dict(threshold=1.5), "threshold"), (dict(temperature=0), "temperature"),
+    for kwargs, match in [(dict(threshold=float("nan")), "threshold"), (dict(temperature=0), "temperature"),
                           (dict(mode="sigmoid"), "mode"), (dict(mode="projection"), "baseline"),
                           (dict(mode="projection", baseline="x", alpha=2), "alpha")]:
         with pytest.raises(ValueError, match=match):

@@ -50,11 +50,13 @@ def check_scores(probs, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _strict_beta(scores: np.ndarray, t: float) -> float:
-    """The largest observed score below t (so ``s > beta`` <=> ``s >= t`` on the data), or, below the
-    smallest score, the next float32 down."""
+    """The largest observed score below t (so ``s > beta`` <=> ``s >= t`` on the data); below the smallest
+    score, 0.0 when every score is positive (probabilities), else the next float32 down."""
     below = scores[scores < t]
     if below.size:
         return float(below.max())
+    if scores.min() > 0:
+        return 0.0
     return float(np.nextafter(np.float32(scores.min()), np.float32(-np.inf)))
 
 

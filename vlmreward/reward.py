@@ -30,7 +30,8 @@ class RewardModel:
     Args:
         model: a :class:`vlmreward.VisionLanguageModel` (frozen).
         bank: a :class:`GoalBank` built with the same model.
-        threshold: beta of eq. 2, in [0, 1] (used by "binary").
+        threshold: beta of eq. 2 (used by "binary"); probabilities lie in [0, 1], so a beta outside gives
+            constant rewards. :func:`vlmreward.calibrate_threshold` chooses one from labelled frames.
         temperature: tau of eq. 1 (> 0); None uses the model's own ``1 / logit_scale.exp()``.
         mode: "binary", "probability", "cosine" or "projection" (see the module docstring).
         baseline: baseline prompt(s) b for "projection", embedded verbatim (no templates); several are
@@ -42,7 +43,7 @@ class RewardModel:
     without goal_ids every goal is scored -> (B, G). probs is always p of eq. 1; float32 on the model's device.
 
     Raises:
-        ValueError: a bank from another model, a bad mode, threshold, temperature, alpha or baseline.
+        ValueError: a bank from another model, a bad mode, threshold (not finite), temperature, alpha or baseline.
     """
 
     def __init__(self, model, bank: GoalBank, *, threshold: float = 0.5, temperature: float | None = None,
@@ -54,8 +55,8 @@ class RewardModel:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         threshold = float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold}")
         if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number or None, got {temperature}")
         self.model, self.bank, self.mode, self.threshold = model, bank, mode, threshold
