@@ -223,3 +223,20 @@ def test_vector_rendered_frames_and_goal(tiny_model, cartpole_bank):
         np.testing.assert_allclose(reward, rm.inner(frames, obs["goal_id"]).rewards.numpy())
     with pytest.raises(ValueError, match="render_mode"):
         VectorVLMRewardWrapper(gym.make_vec(CARTPOLE, num_envs=2), rm)
+
+
+def test_vector_goal_sampler_reaches_sub_envs(tiny_model, cartpole_bank):
+    """A goal callable decides each sub-env's goal, also across autoresets (through the envs' goal_pool)."""
+    rm = RewardModel(tiny_model, cartpole_bank, threshold=1.0)
+    choices = cartpole_bank.goals[1:3]
+    env = VectorVLMRewardWrapper(gym.make_vec(CARTPOLE, num_envs=3, render_mode="rgb_array"), rm,
+                                 goal=lambda rng: choices[int(rng.integers(2))])
+    obs, info = env.reset(seed=0)
+    seen = set()
+    for t in range(40):
+        base_goals = env.env.get_attr("goal")
+        assert list(info["goal"]) == list(base_goals) and set(base_goals) <= set(choices)
+        assert [cartpole_bank.goals[i] for i in obs["goal_id"]] == list(base_goals)
+        seen.update(base_goals)
+        obs, _, terminated, truncated, info = env.step(np.zeros(3, np.int64))  # push left: episodes end fast
+    assert seen == set(choices)

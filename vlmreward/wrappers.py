@@ -243,7 +243,7 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
-            self._goal_rng = np.random.default_rng(seed if isinstance(seed, int) else list(seed))
+            self._goal_rng = np.random.default_rng(seed if isinstance(seed, int) else [s for s in seed if s is not None])
         self._assign_goals(np.ones(self.num_envs, bool))
         obs, info = self.env.reset(seed=seed, options=options)
         self._needs_reset[:] = False
