@@ -135,7 +135,7 @@ def test_bad_input(tiny_model, find_bank, cartpole_bank):
             "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}), rm)
 
 
-def _rollout(env, steps=30, seed=3):
+def _rollout(env, steps=20, seed=3):
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=seed)
     out = {k: [] for k in ("obs", "goal_id", "reward", "terminated", "truncated")}
