@@ -58,14 +58,18 @@ VLM_HD int resample_coeffs(int interpolation, int in_size, int out_size, int out
   return n;
 }
 
-// A resampled value in [0, 255] pixel units -> the model's input: Pillow clips and rounds to uint8, then
-// ToTensor divides by 255 and Normalize applies (x - mean) / std; folded into one multiply-add.
-VLM_HD float normalise_pixel(float acc, float scale, float shift) {
+// Pillow stores each pass's result as uint8: clip to [0, 255] and round half up. Reproducing this after
+// the horizontal pass matters: bicubic overshoot clipped there changes upscaled images by up to 8/255.
+VLM_HD float clip_round(float acc) {
   acc = acc < 0.f ? 0.f : (acc > 255.f ? 255.f : acc);
-  return floorf(acc + 0.5f) * scale + shift;
+  return static_cast<float>(static_cast<int>(acc + 0.5f));  // == floorf(acc + 0.5f) for acc >= 0, no libm call
 }
 
-// One output channel value computed directly in 2-D from the uint8 HWC frame. The CUDA kernel runs this per
+// A resampled value in [0, 255] pixel units -> the model's input: uint8 as Pillow, then ToTensor's / 255
+// and Normalize's (x - mean) / std folded into one multiply-add.
+VLM_HD float normalise_pixel(float acc, float scale, float shift) { return clip_round(acc) * scale + shift; }
+
+// One output channel value computed directly in 2-D from the uint8 HWC frame, in Pillow's order. The CUDA kernel runs this per
 // pixel; the CPU runs it in `_preprocess_pointwise`, so CPU tests exercise the CUDA arithmetic.
 VLM_HD float resample_pixel_2d(const uint8_t* frame, int64_t row_stride, int channel, int y0, int ny,
                                const float* wy, int x0, int nx, const float* wx) {
@@ -74,7 +78,7 @@ VLM_HD float resample_pixel_2d(const uint8_t* frame, int64_t row_stride, int cha
     const uint8_t* row = frame + (y0 + i) * row_stride + 3 * x0 + channel;
     float racc = 0.f;
     for (int j = 0; j < nx; ++j) racc += wx[j] * static_cast<float>(row[3 * j]);
-    acc += wy[i] * racc;
+    acc += wy[i] * clip_round(racc);  // Pillow: horizontal pass first, stored as uint8
   }
   return acc;
 }

@@ -1,9 +1,12 @@
 // CPU kernels of the preprocess op.
 //
-// Fast path: for each output row, a vertical pass over the needed input columns (contiguous uint8 ->
-// float FMAs that the compiler vectorises) into a row buffer that stays in L1/L2, then a horizontal pass
-// that writes the three normalised planes. No full-size float copy of a frame is ever made; each worker
-// handles whole output rows, so frames and rows are spread over threads alike.
+// Fast path, in Pillow's order: a task is a band of output rows of one frame. It resamples horizontally
+// only the input rows the band reads (each pixel as a 4-float vector, so the 3 channels share one FMA),
+// stores them clipped and rounded as Pillow's uint8 intermediate would be, in three planes of width S, then
+// resamples vertically with contiguous FMAs straight into the normalised output planes. The band buffer is
+// (input rows of the band) x 3 x S floats, a fraction of a frame that stays in cache: no full-size float
+// copy of a frame is ever made. Bands spread small batches over all threads; large batches get one band
+// per frame.
 #include "../preprocess.h"
 
 #include <ATen/Dispatch.h>
@@ -18,63 +21,89 @@
 namespace vlmreward {
 namespace {
 
-// Range of input columns that any output column reads: the vertical pass computes only these.
-std::pair<int, int> needed_columns(const AxisPlan& cols) {
-  int lo = INT32_MAX, hi = 0;
-  for (size_t j = 0; j < cols.count.size(); ++j) {
-    if (cols.count[j] == 0) continue;
-    lo = std::min(lo, cols.start[j]);
-    hi = std::max(hi, cols.start[j] + cols.count[j]);
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+// The two hot loops are compiled for AVX2+FMA as well as the baseline, picked at load time (GCC ifunc).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define VLM_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define VLM_MULTIVERSION
+#endif
+
+// Horizontal pass of one input row (W pixels, RGB) into planes h[c * S + j]; padded columns are left 0.
+// The row is widened to floats in one vectorisable loop; a pixel is then one unaligned 4-float load (the
+// 4th lane is the next pixel's red, ignored; `rowf` has one float of slack), and two accumulators break
+// the add-latency chain over the taps.
+VLM_MULTIVERSION void horizontal_row(const uint8_t* row, int64_t W, const AxisPlan& cols, int64_t S, float* rowf, float* h) {
+  for (int64_t k = 0; k < 3 * W; ++k) rowf[k] = static_cast<float>(row[k]);
+  rowf[3 * W] = 0.f;
+  for (int64_t j = 0; j < S; ++j) {
+    const int n = cols.count[j];
+    const float* w = &cols.weights[size_t(j) * cols.taps];
+    const float* p = rowf + 3 * int64_t(cols.start[j]);
+    v4f acc0 = {0.f, 0.f, 0.f, 0.f}, acc1 = acc0, v0, v1;
+    int k = 0;
+    for (; k + 1 < n; k += 2) {
+      __builtin_memcpy(&v0, p + 3 * k, sizeof(v4f));
+      __builtin_memcpy(&v1, p + 3 * k + 3, sizeof(v4f));
+      acc0 += w[k] * v0;
+      acc1 += w[k + 1] * v1;
+    }
+    if (k < n) {
+      __builtin_memcpy(&v0, p + 3 * k, sizeof(v4f));
+      acc0 += w[k] * v0;
+    }
+    // clip_round() of the three channels at once (same arithmetic, vector instructions).
+    acc0 += acc1;
+    acc0 = acc0 < 0.f ? 0.f : acc0;
+    acc0 = acc0 > 255.f ? 255.f : acc0;
+    acc0 = __builtin_convertvector(__builtin_convertvector(acc0 + 0.5f, v4i), v4f);
+    h[j] = acc0[0];
+    h[S + j] = acc0[1];
+    h[2 * S + j] = acc0[2];
   }
-  return lo < hi ? std::make_pair(lo, hi) : std::make_pair(0, 0);
 }
 
-// tmp[k] = sum_i w[i] * src[i * stride + k], k < n: the vertical pass over one output row.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void vertical_pass(const uint8_t* src, int64_t stride, const float* w, int taps, float* tmp, int64_t n) {
-  std::fill(tmp, tmp + n, 0.f);
-  for (int i = 0; i < taps; ++i) {
-    const uint8_t* s = src + i * stride;
-    const float wi = w[i];
-    for (int64_t k = 0; k < n; ++k) tmp[k] += wi * static_cast<float>(s[k]);
+// acc[j] = sum_t w[t] * src[t * stride + j] for j < S: the vertical pass of one output row and channel.
+VLM_MULTIVERSION void vertical_row(const float* src, int64_t stride, const float* w, int taps, int64_t S, float* acc) {
+  std::fill(acc, acc + S, 0.f);
+  for (int t = 0; t < taps; ++t) {
+    const float* s = src + t * stride;
+    const float wt = w[t];
+    for (int64_t j = 0; j < S; ++j) acc[j] += wt * s[j];
   }
 }
 
 template <typename out_t>
-void preprocess_rows(const uint8_t* frames, const PreprocessPlan& p, out_t* out, int64_t begin, int64_t end) {
+void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out, int64_t b, int64_t r0, int64_t r1,
+                     std::vector<float>& rowf, std::vector<float>& band, std::vector<float>& acc) {
   const int64_t S = p.size, H = p.height, W = p.width;
-  const auto [col_lo, col_hi] = needed_columns(p.cols);
-  const int64_t n = int64_t(col_hi - col_lo) * 3;
-  std::vector<float> tmp(std::max<int64_t>(n, 1));
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t b = task / S, i = task % S;
-    out_t* planes[3];
-    for (int c = 0; c < 3; ++c) planes[c] = out + ((b * 3 + c) * S + i) * S;
-    if (p.rows.count[i] == 0) {  // a padded row
-      for (int c = 0; c < 3; ++c) std::fill(planes[c], planes[c] + S, static_cast<out_t>(p.fill[c]));
-      continue;
-    }
-    const uint8_t* src = frames + (b * H + p.rows.start[i]) * W * 3 + int64_t(col_lo) * 3;
-    vertical_pass(src, W * 3, &p.rows.weights[size_t(i) * p.rows.taps], p.rows.count[i], tmp.data(), n);
-    for (int64_t j = 0; j < S; ++j) {
-      const int nx = p.cols.count[j];
-      if (nx == 0) {
-        for (int c = 0; c < 3; ++c) planes[c][j] = static_cast<out_t>(p.fill[c]);
+  int64_t ylo = H, yhi = 0;  // input rows the band reads
+  for (int64_t i = r0; i < r1; ++i) {
+    if (p.rows.count[i] == 0) continue;
+    ylo = std::min<int64_t>(ylo, p.rows.start[i]);
+    yhi = std::max<int64_t>(yhi, p.rows.start[i] + p.rows.count[i]);
+  }
+  const int64_t row_floats = 3 * S;
+  if (ylo < yhi) {
+    band.resize(size_t((yhi - ylo) * row_floats));
+    for (int64_t y = ylo; y < yhi; ++y)
+      horizontal_row(frames + (b * H + y) * W * 3, W, p.cols, S, rowf.data(), band.data() + (y - ylo) * row_floats);
+  }
+  for (int64_t i = r0; i < r1; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      out_t* dst = out + ((b * 3 + c) * S + i) * S;
+      if (p.rows.count[i] == 0) {  // a padded row
+        std::fill(dst, dst + S, static_cast<out_t>(p.fill[c]));
         continue;
       }
-      const float* w = &p.cols.weights[size_t(j) * p.cols.taps];
-      const float* t = tmp.data() + int64_t(p.cols.start[j] - col_lo) * 3;
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f;
-      for (int k = 0; k < nx; ++k) {
-        a0 += w[k] * t[3 * k];
-        a1 += w[k] * t[3 * k + 1];
-        a2 += w[k] * t[3 * k + 2];
-      }
-      planes[0][j] = static_cast<out_t>(normalise_pixel(a0, p.scale[0], p.shift[0]));
-      planes[1][j] = static_cast<out_t>(normalise_pixel(a1, p.scale[1], p.shift[1]));
-      planes[2][j] = static_cast<out_t>(normalise_pixel(a2, p.scale[2], p.shift[2]));
+      vertical_row(band.data() + (p.rows.start[i] - ylo) * row_floats + c * S, row_floats,
+                   &p.rows.weights[size_t(i) * p.rows.taps], p.rows.count[i], S, acc.data());
+      // Valid (non-padded) columns are one contiguous run; this loop vectorises.
+      for (int64_t j = 0; j < S; ++j) dst[j] = static_cast<out_t>(normalise_pixel(acc[j], p.scale[c], p.shift[c]));
+      for (int64_t j = 0; j < S; ++j)
+        if (p.cols.count[j] == 0) dst[j] = static_cast<out_t>(p.fill[c]);
     }
   }
 }
@@ -110,15 +139,25 @@ at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<dou
   const at::Tensor frames = frames_in.contiguous();  // documented: non-contiguous frames are copied once
   at::Tensor out = at::empty({plan.batch, 3, plan.size, plan.size}, frames.options().dtype(dtype));
   const uint8_t* src = frames.data_ptr<uint8_t>();
-  const int64_t rows = plan.batch * plan.size;
-  // ~one output row per task costs about as much as a thread wake-up; group rows so each task does real work.
-  const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(plan.size, rows / (4 * at::get_num_threads())));
+  const int64_t S = plan.size, B = plan.batch;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vlmreward_preprocess_cpu", [&] {
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      if constexpr (kPointwise) preprocess_pointwise_rows(src, plan, dst, begin, end);
-      else preprocess_rows(src, plan, dst, begin, end);
-    });
+    if constexpr (kPointwise) {
+      at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) { preprocess_pointwise_rows(src, plan, dst, begin, end); });
+    } else {
+      // Bands per frame: enough tasks for every thread, but bands of >= 16 rows (band edges redo work).
+      const int64_t threads = at::get_num_threads();
+      const int64_t bands = std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
+      const int64_t band_rows = (S + bands - 1) / bands;
+      at::parallel_for(0, B * bands, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> rowf(3 * plan.width + 1);
+        std::vector<float> band, acc(S);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / bands, r0 = (task % bands) * band_rows;
+          if (r0 < S) preprocess_band(src, plan, dst, b, r0, std::min(S, r0 + band_rows), rowf, band, acc);
+        }
+      });
+    }
   });
   return out;
 }
