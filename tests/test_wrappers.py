@@ -49,15 +49,6 @@ class CountingRender(gym.Wrapper):
         return self.env.render()
 
 
-def _probs_threshold(reward_model, frames, goals, quantile=0.6):
-    """A threshold that splits the probabilities of these frames, placed mid-gap (robust to float noise)."""
-    p = np.sort(reward_model(frames, goals).probs.numpy())
-    k = int(quantile * len(p))
-    gaps = np.diff(p)
-    k = k - 2 + int(np.argmax(gaps[k - 2:k + 2]))
-    return float((p[k] + p[k + 1]) / 2)
-
-
 def test_single_env_reward_equals_reward_model(tiny_model, find_bank):
     rm = CountingRewardModel(RewardModel(tiny_model, find_bank, threshold=1.0))
     env = VLMRewardWrapper(gym.make(FIND, **SMALL), rm, goal_embedding=True)
@@ -135,40 +126,48 @@ def test_bad_input(tiny_model, find_bank, cartpole_bank):
             "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}), rm)
 
 
-def _rollout(env, steps=20, seed=3):
+ROLLOUT = dict(num_envs=3, steps=20, seed=3)
+
+
+def _actions():
     rng = np.random.default_rng(0)
-    obs, _ = env.reset(seed=seed)
-    out = {k: [] for k in ("obs", "goal_id", "reward", "terminated", "truncated")}
-    for _ in range(steps):
-        obs, reward, terminated, truncated, info = env.step(rng.integers(0, 3, env.num_envs))
-        for k, v in zip(out, (obs["observation"], obs["goal_id"], reward, terminated, truncated)):
+    return [rng.integers(0, 3, ROLLOUT["num_envs"]) for _ in range(ROLLOUT["steps"])]
+
+
+def _rollout(env):
+    obs, _ = env.reset(seed=ROLLOUT["seed"])
+    out = {k: [] for k in ("obs", "goal_id", "reward", "terminated", "truncated", "vlm_prob")}
+    for a in _actions():
+        obs, reward, terminated, truncated, info = env.step(a)
+        for k, v in zip(out, (obs["observation"], obs["goal_id"], reward, terminated, truncated, info["vlm_prob"])):
             out[k].append(np.array(v))
     return {k: np.stack(v) for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
 def mixed_threshold(tiny_model, find_bank):
-    """A threshold under which some, not all, random Find frames count as successes."""
-    env = gym.make(FIND, **SMALL)
-    frames, goals = [], []
-    for s in range(6):
-        obs, info = env.reset(seed=s)
-        for _ in range(6):
-            obs, *_ = env.step(int(env.action_space.sample()))
-            frames.append(obs)
-            goals.append(find_bank.index(info["goal"]))
-    return _probs_threshold(RewardModel(tiny_model, find_bank), np.stack(frames), goals, quantile=0.8)
+    """A threshold under which some, not all, frames of the test rollout count as successes: taken from the
+    same rollout without terminations, mid-gap (robust to float noise); the rollouts with terminations follow
+    it up to their first success, so they do terminate."""
+    never = RewardModel(tiny_model, find_bank, threshold=1.0)
+    p = np.sort(_rollout(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=ROLLOUT["num_envs"], **SMALL),
+                                                never))["vlm_prob"].ravel())
+    k = int(0.7 * len(p))
+    k = k - 3 + int(np.argmax(np.diff(p)[k - 3:k + 3]))
+    return float((p[k] + p[k + 1]) / 2)
 
 
 def test_vector_one_call_per_step_and_autoreset_masking(tiny_model, find_bank, mixed_threshold):
     rm = CountingRewardModel(RewardModel(tiny_model, find_bank, threshold=mixed_threshold))
-    env = VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=4, **SMALL), rm)
-    obs, _ = env.reset(seed=0)
-    done_before = np.zeros(4, bool)
-    ended = 0
-    for t in range(25):
-        obs, reward, terminated, truncated, info = env.step(np.random.default_rng(t).integers(0, 3, 4))
-        assert len(rm.calls) == t + 1 - (t > 0 and done_before.all())  # one batched call (none if all reset)
+    n = ROLLOUT["num_envs"]
+    env = VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=n, **SMALL), rm)
+    obs, _ = env.reset(seed=ROLLOUT["seed"])
+    done_before = np.zeros(n, bool)
+    ended = calls = 0
+    for a in _actions():
+        obs, reward, terminated, truncated, info = env.step(a)
+        calls += not done_before.all()
+        assert len(rm.calls) == calls  # one batched call per step (none when every sub-env resets)
         frames, ids = rm.calls[-1]
         active = ~done_before
         assert np.array_equal(frames, obs["observation"][active]) and np.array_equal(ids, obs["goal_id"][active])
@@ -176,20 +175,20 @@ def test_vector_one_call_per_step_and_autoreset_masking(tiny_model, find_bank, m
         np.testing.assert_allclose(reward[active], ref.rewards.numpy())
         np.testing.assert_allclose(info["vlm_prob"][active], ref.probs.numpy(), atol=1e-6)
         assert np.all(reward[done_before] == 0) and not np.any(terminated[done_before] | truncated[done_before])
-        vlm_success = np.zeros(4, bool)
+        vlm_success = np.zeros(n, bool)
         vlm_success[active] = ref.probs.numpy() > mixed_threshold
         # the base env ends an episode on ground-truth success, the wrapper also on VLM success
         np.testing.assert_array_equal(terminated, active & (vlm_success | info["gt_success"]))
         ended += vlm_success.sum()
         done_before = terminated | truncated
-    assert 0 < ended < 4 * 25
+    assert 0 < ended < n * ROLLOUT["steps"]
 
 
 def test_vector_vlm_termination_equals_self_terminating_envs(tiny_model, find_bank, mixed_threshold):
     """A sub-env ended by the VLM looks exactly like a sub-env that terminated by itself (NEXT_STEP)."""
     rm = RewardModel(tiny_model, find_bank, threshold=mixed_threshold)
-    ours = _rollout(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=3, **SMALL), rm))
-    selfterm = gym.make_vec(FIND, num_envs=3, **SMALL, wrappers=[lambda e: VLMRewardWrapper(e, rm)])
+    ours = _rollout(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=ROLLOUT["num_envs"], **SMALL), rm))
+    selfterm = gym.make_vec(FIND, num_envs=ROLLOUT["num_envs"], **SMALL, wrappers=[lambda e: VLMRewardWrapper(e, rm)])
     ref = _rollout(selfterm)
     assert ref["terminated"].sum() > 0
     for k in ours:
