@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
 
 from vlmreward.envs.household import DROP, FORWARD, LEFT, PICKUP, RIGHT, HouseholdEnv
 
