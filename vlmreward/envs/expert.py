@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 
-
 from vlmreward.envs.household import DROP, FORWARD, LEFT, PICKUP, RIGHT, HouseholdEnv
 
 _DIRS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's DIR_TO_VEC
