@@ -6,6 +6,7 @@ one schema each, plus fake kernels below so they trace under ``torch.compile``).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -47,7 +48,11 @@ def as_frames(frames) -> torch.Tensor:
     if isinstance(frames, np.ndarray):
         if frames.dtype != np.uint8:
             raise TypeError(f"frames must be uint8 RGB images, got numpy dtype {frames.dtype}")
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+        if not frames.flags.c_contiguous or any(s < 0 for s in frames.strides):  # numpy calls a size-1 axis
+            frames = frames.copy(order="C")  # with a negative stride contiguous; torch refuses it
+        with warnings.catch_warnings():  # read-only arrays are fine: the kernels never write to frames
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            frames = torch.from_numpy(frames)
     elif isinstance(frames, (list, tuple)):
         if not frames:
             raise ValueError("frames: empty batch (B = 0)")

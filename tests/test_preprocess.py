@@ -1,0 +1,163 @@
+"""preprocess vs open_clip's own inference transform (PIL), on real environment frames and random images."""
+import os
+
+import gymnasium as gym
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+import vlmreward
+from vlmreward.ops import INTERPOLATIONS, RESIZE_MODES
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+
+def _cartpole_frame():
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    env.reset(seed=3)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    frame = env.render()
+    env.close()
+    return frame
+
+
+def _minigrid_frame():
+    from minigrid.wrappers import RGBImgObsWrapper
+
+    env = RGBImgObsWrapper(gym.make("MiniGrid-Empty-8x8-v0"), tile_size=28)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    return obs["image"]
+
+
+@pytest.fixture(scope="module")
+def frames():
+    rng = np.random.default_rng(0)
+    cart = _cartpole_frame()
+    assert cart.shape == (400, 600, 3)
+    smooth = np.clip(rng.normal(128, 40, (97, 131, 3)) + np.linspace(0, 90, 131)[None, :, None], 0, 255)
+    return {
+        "cartpole_400x600": cart,
+        "minigrid_224": _minigrid_frame(),
+        "cartpole_64x64_upscaled": np.asarray(Image.fromarray(cart).resize((64, 64), Image.BICUBIC)),
+        # Noise kept inside [32, 224]: bicubic overshoot of full-range white noise gets clipped in Pillow's
+        # uint8 intermediate, and Pillow >= 13 picks the order of its two passes by a rule of its own, so
+        # such pixels can differ by up to ~20/255 from either fixed order (ours: horizontal first).
+        "random_noise_300x200": rng.integers(32, 225, (300, 200, 3), dtype=np.uint8),
+        "random_smooth_97x131": smooth.astype(np.uint8),
+    }
+
+
+def _reference(frame, size, resize_mode, interpolation):
+    """open_clip's own transform, in [0, 1] pixel space (mean 0, std 1), as float64."""
+    tf = open_clip.image_transform(size, is_train=False, mean=(0.0,) * 3, std=(1.0,) * 3, resize_mode=resize_mode,
+                                   interpolation=interpolation)
+    return tf(Image.fromarray(frame)).double()
+
+
+@pytest.mark.parametrize("resize_mode", RESIZE_MODES)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("op", ["fast", "pointwise"])
+def test_matches_open_clip_transform(frames, resize_mode, interpolation, op):
+    for name, frame in frames.items():
+        for size in (224, 96):
+            ref = _reference(frame, size, resize_mode, interpolation)
+            if op == "fast":
+                out = vlmreward.preprocess(frame, image_size=size, mean=(0, 0, 0), std=(1, 1, 1),
+                                           resize_mode=resize_mode, interpolation=interpolation)[0]
+            else:  # the CUDA kernel's per-pixel arithmetic, run on the CPU
+                out = torch.ops.vlmreward._preprocess_pointwise(torch.from_numpy(frame)[None], size, [0.0] * 3,
+                                                                [1.0] * 3, resize_mode, interpolation,
+                                                                torch.float32)[0]
+            assert out.shape == ref.shape, name
+            diff = (out.double() - ref).abs() * 255
+            assert diff.max() <= 2.0, f"{name} {size}: max |diff| {diff.max():.2f}/255"
+            assert diff.mean() <= 0.5, f"{name} {size}: mean |diff| {diff.mean():.3f}/255"
+
+
+def test_normalisation_matches_open_clip(frames):
+    frame = frames["cartpole_400x600"]
+    tf = open_clip.image_transform(224, is_train=False)  # OpenAI mean/std
+    ref = tf(Image.fromarray(frame))
+    out = vlmreward.preprocess(frame)[0]
+    std = torch.tensor(vlmreward.OPENAI_CLIP_STD).view(3, 1, 1)
+    assert ((out - ref).abs() * std * 255).max() <= 2.0
+
+
+def test_batch_equals_single_frames_and_devices(frames):
+    batch = np.stack([frames["cartpole_400x600"]] * 3)
+    batch[1] = batch[1][::-1]
+    out = vlmreward.preprocess(torch.from_numpy(batch))
+    for i in range(3):
+        single = vlmreward.preprocess(batch[i])
+        assert torch.equal(out[i], single[0])
+    assert out.device.type == "cpu" and out.shape == (3, 3, 224, 224)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_output_dtypes(frames, dtype):
+    frame = frames["minigrid_224"]
+    ref = vlmreward.preprocess(frame, dtype=torch.float32)
+    out = vlmreward.preprocess(frame, dtype=dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=0.02, rtol=0.01)
+
+
+def test_non_contiguous_and_negative_strides_are_copied(frames):
+    frame = frames["cartpole_400x600"]
+    flipped = frame[:, ::-1]  # negative stride in numpy
+    ref = vlmreward.preprocess(np.ascontiguousarray(flipped))
+    assert torch.equal(vlmreward.preprocess(flipped), ref)
+    t = torch.from_numpy(frame).permute(1, 0, 2).contiguous().permute(1, 0, 2)  # non-contiguous tensor
+    assert not t.is_contiguous()
+    assert torch.equal(vlmreward.preprocess(t), vlmreward.preprocess(frame))
+
+
+def test_longest_mode_pads_with_zero_pixels(frames):
+    out = vlmreward.preprocess(frames["cartpole_400x600"], resize_mode="longest", mean=(0, 0, 0), std=(1, 1, 1))
+    # 400x600 -> 149x224 (round-half-even of 149.33), centred in 224: 37 padded rows above, 38 below
+    assert torch.all(out[0, :, :37] == 0) and torch.all(out[0, :, -38:] == 0)
+    assert out[0, :, 37:-38].amax() > 0
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (np.zeros((4, 8, 8, 3), np.float32), TypeError, "uint8"),
+    (np.zeros((4, 8, 8, 4), np.uint8), ValueError, "3 \\(RGB\\) channels"),
+    (np.zeros((4, 8, 8, 1), np.uint8), ValueError, "3 \\(RGB\\) channels"),
+    (np.zeros((8, 8), np.uint8), ValueError, "\\(B, H, W, 3\\)"),
+    (np.zeros((2, 4, 8, 8, 3), np.uint8), ValueError, "\\(B, H, W, 3\\)"),
+    (np.zeros((0, 8, 8, 3), np.uint8), ValueError, "empty batch"),
+    (np.zeros((1, 0, 8, 3), np.uint8), ValueError, "zero height"),
+    ([], ValueError, "empty batch"),
+    ("frame.png", TypeError, "numpy array or torch tensor"),
+])
+def test_bad_frames(bad, error, match):
+    with pytest.raises(error, match=match):
+        vlmreward.preprocess(bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(resize_mode="crop"), "resize_mode"),
+    (dict(interpolation="nearest"), "interpolation"),
+    (dict(image_size=0), "image_size"),
+    (dict(mean=(0.5, 0.5)), "mean and std"),
+    (dict(std=(0.2, 0.0, 0.2)), "std positive"),
+    (dict(std=(0.2, float("nan"), 0.2)), "std positive"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vlmreward.preprocess(np.zeros((8, 8, 3), np.uint8), **kwargs)
+
+
+def test_bad_output_dtype():
+    with pytest.raises(TypeError, match="dtype"):
+        vlmreward.preprocess(np.zeros((8, 8, 3), np.uint8), dtype=torch.int32)
+
+
+def test_extreme_downscale_is_refused():
+    with pytest.raises(ValueError, match="filter wider"):
+        vlmreward.preprocess(np.zeros((1, 8, 30000, 3), np.uint8), image_size=8, resize_mode="squash")
