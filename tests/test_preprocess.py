@@ -158,6 +158,9 @@ def test_bad_output_dtype():
         vlmreward.preprocess(np.zeros((8, 8, 3), np.uint8), dtype=torch.int32)
 
 
-def test_extreme_downscale_is_refused():
-    with pytest.raises(ValueError, match="filter wider"):
-        vlmreward.preprocess(np.zeros((1, 8, 30000, 3), np.uint8), image_size=8, resize_mode="squash")
+def test_extreme_downscale_and_one_pixel_output():
+    frame = np.zeros((1, 8, 30000, 3), np.uint8)
+    frame[..., 0] = 200
+    out = vlmreward.preprocess(frame, image_size=8, resize_mode="squash", mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.allclose(out[0, 0], torch.tensor(200 / 255)) and torch.all(out[0, 1:] == 0)
+    assert vlmreward.preprocess(frame[0, :, :64], image_size=1).shape == (1, 3, 1, 1)

@@ -16,8 +16,6 @@ AxisPlan plan_axis(int interpolation, int in_size, int resized, int canvas, int 
   AxisPlan p;
   const double filterscale = std::max(1.0, static_cast<double>(in_size) / resized);
   p.taps = static_cast<int>(std::ceil(filter_support(interpolation) * filterscale)) * 2 + 1;
-  TORCH_CHECK(p.taps <= kMaxTaps, "preprocess: downscaling ", in_size, " -> ", resized,
-              " pixels needs a filter wider than ", kMaxTaps, " taps; resize the frames first");
   p.start.assign(canvas, 0);
   p.count.assign(canvas, 0);
   p.weights.assign(static_cast<size_t>(canvas) * p.taps, 0.f);

@@ -19,10 +19,6 @@ namespace vlmreward {
 enum Interpolation : int { kBilinear = 0, kBicubic = 1 };
 enum ResizeMode : int { kShortest = 0, kLongest = 1, kSquash = 2 };
 
-// Widest filter we accept: support 2 (bicubic) * downscale factor. Plans with more taps are rejected on the
-// host, so device code never writes past a fixed-size table row.
-constexpr int kMaxTaps = 256;
-
 VLM_HD double filter_support(int interpolation) { return interpolation == kBicubic ? 2.0 : 1.0; }
 
 VLM_HD double filter_weight(int interpolation, double x) {
@@ -45,15 +41,13 @@ VLM_HD int resample_coeffs(int interpolation, int in_size, int out_size, int out
   if (xmin < 0) xmin = 0;
   int xmax = static_cast<int>(center + support + 0.5);
   if (xmax > in_size) xmax = in_size;
-  int n = xmax - xmin;
-  if (n > kMaxTaps) n = kMaxTaps;  // unreachable: the host rejects such plans
-  double total = 0.0;
-  double tmp[kMaxTaps];
+  const int n = xmax - xmin;
+  double total = 0.0;  // two passes instead of a scratch array: no limit on the filter width
+  for (int i = 0; i < n; ++i) total += filter_weight(interpolation, (i + xmin - center + 0.5) / filterscale);
   for (int i = 0; i < n; ++i) {
-    tmp[i] = filter_weight(interpolation, (i + xmin - center + 0.5) / filterscale);
-    total += tmp[i];
+    const double k = filter_weight(interpolation, (i + xmin - center + 0.5) / filterscale);
+    w[i] = static_cast<float>(total != 0.0 ? k / total : 0.0);
   }
-  for (int i = 0; i < n; ++i) w[i] = static_cast<float>(total != 0.0 ? tmp[i] / total : 0.0);
   *start = xmin;
   return n;
 }
