@@ -31,17 +31,19 @@ typedef int32_t v4i __attribute__((vector_size(16)));
 #define VLM_MULTIVERSION
 #endif
 
-// Horizontal pass of one input row (W pixels, RGB) into planes h[c * S + j]; padded columns are left 0.
+// Horizontal pass of one input row (RGB; only pixels [x_lo, x_hi) are read, the columns that any output
+// column uses: a centre crop skips the rest) into planes h[c * S + j]; padded columns are left 0.
 // The row is widened to floats in one vectorisable loop; a pixel is then one unaligned 4-float load (the
 // 4th lane is the next pixel's red, ignored; `rowf` has one float of slack), and two accumulators break
 // the add-latency chain over the taps.
-VLM_MULTIVERSION void horizontal_row(const uint8_t* row, int64_t W, const AxisPlan& cols, int64_t S, float* rowf, float* h) {
-  for (int64_t k = 0; k < 3 * W; ++k) rowf[k] = static_cast<float>(row[k]);
-  rowf[3 * W] = 0.f;
+VLM_MULTIVERSION void horizontal_row(const uint8_t* row, int64_t x_lo, int64_t x_hi, const AxisPlan& cols, int64_t S,
+                                     float* rowf, float* h) {
+  for (int64_t k = 3 * x_lo; k < 3 * x_hi; ++k) rowf[k - 3 * x_lo] = static_cast<float>(row[k]);
+  rowf[3 * (x_hi - x_lo)] = 0.f;
   for (int64_t j = 0; j < S; ++j) {
     const int n = cols.count[j];
     const float* w = &cols.weights[size_t(j) * cols.taps];
-    const float* p = rowf + 3 * int64_t(cols.start[j]);
+    const float* p = rowf + 3 * (int64_t(cols.start[j]) - x_lo);
     v4f acc0 = {0.f, 0.f, 0.f, 0.f}, acc1 = acc0, v0, v1;
     int k = 0;
     for (; k + 1 < n; k += 2) {
@@ -86,10 +88,17 @@ void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out,
     yhi = std::max<int64_t>(yhi, p.rows.start[i] + p.rows.count[i]);
   }
   const int64_t row_floats = 3 * S;
+  int64_t x_lo = W, x_hi = 0;  // input columns any output column reads
+  for (int64_t j = 0; j < S; ++j) {
+    if (p.cols.count[j] == 0) continue;
+    x_lo = std::min<int64_t>(x_lo, p.cols.start[j]);
+    x_hi = std::max<int64_t>(x_hi, p.cols.start[j] + p.cols.count[j]);
+  }
   if (ylo < yhi) {
     band.resize(size_t((yhi - ylo) * row_floats));
     for (int64_t y = ylo; y < yhi; ++y)
-      horizontal_row(frames + (b * H + y) * W * 3, W, p.cols, S, rowf.data(), band.data() + (y - ylo) * row_floats);
+      horizontal_row(frames + (b * H + y) * W * 3, x_lo, x_hi, p.cols, S, rowf.data(),
+                     band.data() + (y - ylo) * row_floats);
   }
   for (int64_t i = r0; i < r1; ++i) {
     for (int c = 0; c < 3; ++c) {
