@@ -5,8 +5,9 @@ The policy sees the environment's observation and the frozen text embedding of t
 section 4): a held-out goal is just a new embedding. Two observation encoders:
 
 * pixels (H,W,3) uint8: frames downsampled to ``image_size`` with ``vlmreward.preprocess`` (the kernel), a
-  patchify convolution (one patch per grid cell of the household domains), two 3x3 convolutions with FiLM
-  conditioning on the goal (Perez et al., arXiv 1709.07871), then an MLP;
+  patchify convolution (one patch per grid cell of the household domains), 3x3 convolutions with FiLM
+  conditioning on the goal (Perez et al., arXiv 1709.07871), keypoints by spatial softmax and a max-pool,
+  then an MLP;
 * state vectors (D,) float: an MLP (CleanRL's ``ppo.py`` network for classic control).
 """
 from __future__ import annotations
@@ -28,21 +29,38 @@ def layer_init(layer: nn.Module, std: float = 2 ** 0.5, bias: float = 0.0) -> nn
     return layer
 
 
-class PixelEncoder(nn.Module):
-    """uint8 frames (B,H,W,3) + goal embedding (B,E) -> features (B,hidden)."""
+class SpatialSoftmax(nn.Module):
+    """Feature maps (B,C,H,W) -> expected (x, y) in [-1, 1] of each channel under a softmax over positions, (B,2C)
+    (Levine, Finn et al., arXiv 1504.00702): explicit coordinates of the goal object and of the agent, so the
+    policy reads their relative position instead of memorising every pair of cells."""
 
-    def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 7, channels: int = 32,
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = x.flatten(2).softmax(-1).view(b, c, h, w)
+        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+        return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=1)
+
+
+class PixelEncoder(nn.Module):
+    """uint8 frames (B,H,W,3) + goal embedding (B,E) -> features (B,hidden).
+
+    Patchify convolution (one patch per grid cell), 3x3 convolution, FiLM by the goal, 3x3 convolution, then
+    keypoints (spatial softmax) and a global max-pool of the feature maps into an MLP."""
+
+    def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 8, channels: int = 64,
                  hidden: int = 256):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
         self.image_size = image_size
-        grid = image_size // patch
         self.stem = nn.Sequential(layer_init(nn.Conv2d(3, channels, patch, stride=patch)), nn.ReLU(),
                                   layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU())
         self.film = layer_init(nn.Linear(goal_dim, 2 * channels), std=0.1) if goal_dim else None
-        self.head = nn.Sequential(layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(),
-                                  nn.Flatten(), layer_init(nn.Linear(channels * grid * grid, hidden)), nn.ReLU())
+        self.conv = nn.Sequential(layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(),
+                                  layer_init(nn.Conv2d(channels, channels, 3, padding=1)))
+        self.keypoints = SpatialSoftmax()
+        self.mlp = nn.Sequential(layer_init(nn.Linear(3 * channels, hidden)), nn.ReLU())
 
     @torch.no_grad()
     def prepare(self, frames) -> torch.Tensor:
@@ -55,7 +73,8 @@ class PixelEncoder(nn.Module):
         if self.film is not None:
             gamma, beta = self.film(goal).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
             x = x * (1 + gamma) + beta
-        return self.head(x)
+        x = self.conv(x)
+        return self.mlp(torch.cat([self.keypoints(x), x.amax(dim=(2, 3))], dim=1))
 
 
 class StateEncoder(nn.Module):
@@ -82,22 +101,32 @@ class Agent(nn.Module):
         num_actions: size of the ``Discrete`` action space.
         goal_embeddings: float (G,E) frozen text embeddings, row g = goal g (``GoalBank.goal_embeddings``);
             (G,0) for an environment without language goals. Stored as a buffer so checkpoints carry them.
-        image_size, patch, hidden: pixel encoder sizes (frames are downsampled to image_size x image_size).
+        train_goal_ids: rows whose per-dimension mean and std standardise every goal embedding (text
+            embeddings of similar goals are close, cosine ~0.9; standardising spreads them); default all rows.
+        image_size, patch, channels, hidden: pixel encoder sizes (frames are downsampled to image_size x
+            image_size; one patch per grid cell).
     Raises:
         ValueError: an observation shape that is neither (H,W,3) nor (D,), or a bad goal table.
     """
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
-                 image_size: int = 56, patch: int = 7, hidden: int = 256):
+                 train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
+                 channels: int = 64, hidden: int = 256):
         super().__init__()
-        goal_embeddings = torch.as_tensor(goal_embeddings, dtype=torch.float32)
+        goal_embeddings = torch.as_tensor(goal_embeddings, dtype=torch.float32).detach().clone()
         if goal_embeddings.dim() != 2 or goal_embeddings.shape[0] < 1:
             raise ValueError(f"goal_embeddings must be (G,E) with G >= 1, got {tuple(goal_embeddings.shape)}")
-        self.register_buffer("goal_embeddings", goal_embeddings.detach().clone())
+        ref = goal_embeddings if train_goal_ids is None else goal_embeddings[list(train_goal_ids)]
+        mean = ref.mean(0)
+        std = ref.std(0) if len(ref) > 1 else torch.ones_like(mean)
+        self.register_buffer("goal_embeddings", goal_embeddings)
+        self.register_buffer("goal_mean", mean)
+        self.register_buffer("goal_std", std.clamp_min(1e-3 * float(std.max()) if std.numel() else 1.0))
         goal_dim = goal_embeddings.shape[1]
         shape = tuple(observation_shape)
         if len(shape) == 3 and shape[-1] == 3:
-            self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, hidden=hidden)
+            self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, channels=channels,
+                                        hidden=hidden)
             hidden_out = hidden
         elif len(shape) == 1:
             self.encoder = StateEncoder(shape[0], goal_dim)
@@ -112,11 +141,16 @@ class Agent(nn.Module):
         return self.encoder.prepare(observations).to(self.goal_embeddings.device)
 
     def features(self, x: torch.Tensor, goal_ids: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x, self.goal_embeddings[goal_ids])
+        goal = (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
+        return self.encoder(x, goal)
 
     def get_value(self, x: torch.Tensor, goal_ids: torch.Tensor) -> torch.Tensor:
         """Value estimates (B,) for prepared observations x and int64 goal ids (B,)."""
         return self.critic(self.features(x, goal_ids)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor):
+        """``get_action_and_value`` for given actions: the call DistributedDataParallel wraps."""
+        return self.get_action_and_value(x, goal_ids, action)
 
     def get_action_and_value(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor | None = None,
                              deterministic: bool = False):

@@ -1,0 +1,137 @@
+"""The reference PPO trainer: learning, GAE bookkeeping, reproducibility, resume after a kill, torchrun, enjoy."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlmreward import ppo, rollout
+from vlmreward.agent import Agent
+
+ROOT = Path(__file__).parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
+# CartPole-v1: a plain gymnasium env (no language goals) that PPO improves within seconds.
+QUICK = dict(env_id="CartPole-v1", reward="gt", num_envs=4, num_steps=64, learning_rate=2e-3, eval_interval=0,
+             eval_episodes=4, progress=False)
+
+
+def _cli(*argv):
+    return [sys.executable, "-m", "vlmreward.cli", "train", *argv]
+
+
+def test_short_run_beats_random_policy(tmp_path, tiny_clip_dir):
+    """Easy configuration: CartPoleUpright (language goal, goal embedding from a real open_clip model) on its
+    ground-truth reward; the trained policy's ground-truth return beats the untrained (random) policy's."""
+    args = ppo.Args(**dict(QUICK, env_id="vlmreward/CartPoleUpright-v0", total_timesteps=12_288,
+                           eval_episodes=8), model=str(tiny_clip_dir), run_dir=str(tmp_path / "run"))
+    result = ppo.train(args)
+    task = ppo.Task(args, torch.device("cpu"))
+    torch.manual_seed(0)
+    untrained = Agent(task.observation_shape, task.num_actions, task.goal_embeddings)
+    random_policy = ppo.evaluate(untrained, task, list(task.train_goals), 8, seed=123)
+    state = ppo.load_checkpoint(tmp_path / "run")
+    trained = Agent(task.observation_shape, task.num_actions, task.goal_embeddings)
+    trained.load_state_dict(state["agent"])
+    learned = ppo.evaluate(trained, task, list(task.train_goals), 8, seed=123)
+    assert learned["gt_return"] > 2 * random_policy["gt_return"], (learned, random_policy)
+    assert result["eval"]["train"]["episodes"] == 8 and result["eval"]["heldout"]["episodes"] == 8
+    # logs under the conventional names, and the learning-curve PNG
+    metrics = ppo.read_metrics(tmp_path / "run" / "metrics.csv")
+    for tag in ("charts/episodic_return", "charts/gt_success", "losses/value_loss", "losses/policy_loss",
+                "losses/entropy", "perf/steps_per_second", "eval/train_success", "eval/heldout_success"):
+        assert tag in metrics, tag
+    assert Path(result["png"]).stat().st_size > 10_000
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_seeded_runs_repeat_exactly(tmp_path):
+    a = ppo.train(ppo.Args(**dict(QUICK, total_timesteps=512), run_dir=str(tmp_path / "a")))
+    b = ppo.train(ppo.Args(**dict(QUICK, total_timesteps=512), run_dir=str(tmp_path / "b")))
+    c = ppo.train(ppo.Args(**dict(QUICK, total_timesteps=512), run_dir=str(tmp_path / "c"), seed=2))
+    sa, sb, sc = (ppo.load_checkpoint(Path(r["run_dir"]))["agent"] for r in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_resume_after_kill(tmp_path):
+    run = tmp_path / "run"
+    total = 40 * 4 * 64  # 40 iterations
+    argv = _cli("--env-id", "CartPole-v1", "--reward", "gt", "--num-envs", "4", "--num-steps", "64",
+                "--total-timesteps", str(total), "--checkpoint-interval", "1", "--eval-interval", "0",
+                "--eval-episodes", "2", "--no-progress", "--run-dir", str(run))
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / "checkpoint.pt").exists():
+                if ppo.load_checkpoint(run)["iteration"] >= 3:  # atomic writes: never a torn file
+                    break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed = ppo.load_checkpoint(run)
+    assert 3 <= killed["iteration"] < 40, "the run must be killed midway"
+    result = ppo.train(ppo.Args(env_id="CartPole-v1", reward="gt", total_timesteps=total, resume=str(run),
+                                progress=False))
+    assert result["start_iteration"] == killed["iteration"] + 1
+    final = ppo.load_checkpoint(run)
+    assert final["iteration"] == 40 and final["global_step"] == total
+    assert final["args"]["num_steps"] == 64 and final["args"]["checkpoint_interval"] == 1  # the run's own settings
+    steps = ppo.read_metrics(run / "metrics.csv")["perf/steps_per_second"][0]
+    assert steps.max() == total and len(steps) == 40  # one entry per iteration, none lost or duplicated
+
+
+def test_torchrun_two_processes(tmp_path):
+    run = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+            "vlmreward.cli", "train", "--env-id", "CartPole-v1", "--reward", "gt", "--num-envs", "2",
+            "--num-steps", "32", "--total-timesteps", "1024", "--eval-episodes", "2", "--no-progress",
+            "--run-dir", str(run)]
+    out = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((run / "results.json").read_text())
+    assert result["global_step"] == 1024 and result["iterations"] == 8  # 2 ranks x 2 envs x 32 steps each
+    assert out.stdout.count("learning curves:") == 1  # rank 0 reports
+
+
+def test_gae_masks_reset_steps_and_bootstraps_truncation():
+    """One env, NEXT_STEP autoreset: step 1 truncates, step 2 is the reset step (masked), step 3 runs on."""
+    args = ppo.Args(gamma=0.9, gae_lambda=1.0)
+    rewards = torch.tensor([[1.0], [2.0], [0.0], [4.0]])
+    values = torch.tensor([[0.5], [0.6], [0.7], [0.8]])  # values[2] = V(terminal observation of step 1)
+    terminated = torch.zeros(4, 1)
+    ended = torch.tensor([[0.0], [1.0], [0.0], [0.0]])
+    adv = ppo.compute_advantages(rewards, values, terminated, ended, torch.tensor([0.9]), args)
+    g, v = 0.9, values[:, 0]
+    d1 = 2.0 + g * 0.7 - 0.6  # truncation bootstraps from V(terminal observation)
+    assert adv[1, 0].item() == pytest.approx(d1)
+    assert adv[0, 0].item() == pytest.approx(1.0 + g * v[1] - v[0] + g * d1)
+    assert adv[3, 0].item() == pytest.approx(4.0 + g * 0.9 - 0.8)
+    terminated[1] = 1.0  # a termination does not bootstrap
+    adv = ppo.compute_advantages(rewards, values, terminated, ended, torch.tensor([0.9]), args)
+    assert adv[1, 0].item() == pytest.approx(2.0 - 0.6)
+
+
+def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
+    run = tmp_path / "run"
+    ppo.train(ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", num_envs=2, num_steps=16, num_minibatches=2,
+                              total_timesteps=32, eval_episodes=1, frame_size=56, max_episode_steps=6),
+                       model=str(tiny_clip_dir), run_dir=str(run)))
+    result = rollout.record(run, tmp_path / "a.gif", goals=["go to the blue ball"], episodes=2)
+    assert result["frames"] >= 4 and len(result["success"]) == 2
+    import imageio.v2 as imageio
+    frames = imageio.mimread(tmp_path / "a.gif")
+    # GIF encoders merge identical consecutive frames (a step into a wall), hence <=
+    assert 2 <= len(frames) <= result["frames"] and frames[0].shape[:2] == (56, 56)
+    with pytest.raises(ValueError, match="not one of the agent's goals"):
+        rollout.record(run, tmp_path / "b.gif", goals=["go to the red ballz"])
+    with pytest.raises(ValueError, match=".gif or .mp4"):
+        rollout.record(run, tmp_path / "b.avi")
