@@ -19,6 +19,7 @@ _LAZY = {
     "GoalBank": "vlmreward.goals",
     "RewardModel": "vlmreward.reward",
     "calibrate_threshold": "vlmreward.metrics",
+    "classification_metrics": "vlmreward.metrics",
     "VLMRewardWrapper": "vlmreward.wrappers",
     "VectorVLMRewardWrapper": "vlmreward.wrappers",
     "evaluate": "vlmreward.evaluate",
@@ -34,8 +35,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'vlmreward' has no attribute {name!r}")
 
 
-try:  # environment registration (vlmreward/envs/__init__.py registers the ids)
-    importlib.import_module("vlmreward.envs")
-except ModuleNotFoundError as e:  # pragma: no cover - only while the envs package is absent
-    if e.name != "vlmreward.envs":
-        raise
+import vlmreward.envs  # noqa: E402,F401  (registers the environment ids with gymnasium)
