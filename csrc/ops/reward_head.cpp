@@ -2,6 +2,8 @@
 #include "reward_head.h"
 
 #include <ATen/ops/all.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/reciprocal.h>
 #include <ATen/ops/isfinite.h>
@@ -73,6 +75,10 @@ RewardHeadInputs prepare_reward_head(const at::Tensor& image, const at::Tensor& 
                       "reward_head: goal_ids must be in [0, G = ", G, ")");
     in.goal_ids = ids.contiguous();
   }
+  in.cols = in.goal_ids.defined() ? 1 : G;
+  const auto opts = image.options().dtype(at::kFloat);
+  in.probs = in.goal_ids.defined() ? at::empty({image.size(0)}, opts) : at::empty({image.size(0), G}, opts);
+  in.rewards = at::empty_like(in.probs);
   in.cos = at::mm(normalised_rows(image, "image_embeddings"), normalised_rows(text, "text_embeddings").t());
   return in;
 }

@@ -13,8 +13,11 @@ namespace vlmreward {
 
 // Checked, device-agnostic first half: cos (B,K) float64 of L2-normalised embeddings, the goal_sets
 // (G,1+N) int64 and, when given, goal_ids (B,) int64, all on one device. Raises c10::Error on bad input.
+// Also allocates the outputs: probs and rewards, float32, (B, G) or (B,) with goal_ids (cols = G or 1).
 struct RewardHeadInputs {
   at::Tensor cos, goal_sets, goal_ids;  // goal_ids undefined when absent
+  at::Tensor probs, rewards;
+  int64_t cols = 0;
   int mode = kBinary;
 };
 

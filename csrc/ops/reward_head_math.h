@@ -7,11 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define VLM_HD __host__ __device__ __forceinline__
-#else
-#define VLM_HD inline
-#endif
+#include "hd.h"
 
 namespace vlmreward {
 

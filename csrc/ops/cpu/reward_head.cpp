@@ -3,8 +3,6 @@
 #include "../reward_head.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 
@@ -17,17 +15,14 @@ std::tuple<at::Tensor, at::Tensor> reward_head_cpu(const at::Tensor& image, cons
                                                    const std::optional<at::Tensor>& goal_ids, std::string_view mode) {
   TORCH_CHECK_VALUE(image.device().is_cpu(), "reward_head: the CPU kernel got tensors on ", image.device());
   const RewardHeadInputs in = prepare_reward_head(image, text, goal_sets, logit_scale, threshold, goal_ids, mode);
-  const int64_t B = in.cos.size(0), K = in.cos.size(1), G = in.goal_sets.size(0), M = in.goal_sets.size(1);
+  const int64_t B = in.cos.size(0), K = in.cos.size(1), M = in.goal_sets.size(1);
   const bool per_frame_goal = in.goal_ids.defined();
-  const int64_t cols = per_frame_goal ? 1 : G;
-  const auto opts = image.options().dtype(at::kFloat);
-  at::Tensor probs = per_frame_goal ? at::empty({B}, opts) : at::empty({B, G}, opts);
-  at::Tensor rewards = at::empty_like(probs);
+  const int64_t cols = in.cols;
   const double* cos = in.cos.data_ptr<double>();
   const int64_t* sets = in.goal_sets.data_ptr<int64_t>();
   const int64_t* ids = per_frame_goal ? in.goal_ids.data_ptr<int64_t>() : nullptr;
-  float* p_out = probs.data_ptr<float>();
-  float* r_out = rewards.data_ptr<float>();
+  float* p_out = in.probs.data_ptr<float>();
+  float* r_out = in.rewards.data_ptr<float>();
   at::parallel_for(0, B, std::max<int64_t>(1, 4096 / (K + cols * M)), [&](int64_t begin, int64_t end) {
     std::vector<double> exps(K);
     for (int64_t b = begin; b < end; ++b) {
@@ -41,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor> reward_head_cpu(const at::Tensor& image, cons
       }
     }
   });
-  return {probs, rewards};
+  return {in.probs, in.rewards};
 }
 
 }  // namespace vlmreward

@@ -1,7 +1,6 @@
 // CUDA kernels of the reward_head op: thin launchers over reward_head_math.h (exercised by the CPU build).
 #include "../reward_head.h"
 
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -37,12 +36,9 @@ std::tuple<at::Tensor, at::Tensor> reward_head_cuda(const at::Tensor& image, con
   TORCH_CHECK_VALUE(image.device().is_cuda(), "reward_head: the CUDA kernel got tensors on ", image.device());
   const c10::cuda::CUDAGuard guard(image.device());
   const RewardHeadInputs in = prepare_reward_head(image, text, goal_sets, logit_scale, threshold, goal_ids, mode);
-  const int64_t B = in.cos.size(0), K = in.cos.size(1), G = in.goal_sets.size(0), M = in.goal_sets.size(1);
+  const int64_t B = in.cos.size(0), K = in.cos.size(1), M = in.goal_sets.size(1);
   const bool per_frame_goal = in.goal_ids.defined();
-  const int64_t cols = per_frame_goal ? 1 : G;
-  const auto opts = image.options().dtype(at::kFloat);
-  at::Tensor probs = per_frame_goal ? at::empty({B}, opts) : at::empty({B, G}, opts);
-  at::Tensor rewards = at::empty_like(probs);
+  const int64_t cols = in.cols;
   at::Tensor exps = at::empty_like(in.cos);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   constexpr int kThreads = 256;
@@ -52,9 +48,9 @@ std::tuple<at::Tensor, at::Tensor> reward_head_cuda(const at::Tensor& image, con
   goal_probability_kernel<<<(B * cols + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
       in.cos.data_ptr<double>(), exps.data_ptr<double>(), in.goal_sets.data_ptr<int64_t>(),
       per_frame_goal ? in.goal_ids.data_ptr<int64_t>() : nullptr, B, K, cols, M, logit_scale, threshold, in.mode,
-      probs.data_ptr<float>(), rewards.data_ptr<float>());
+      in.probs.data_ptr<float>(), in.rewards.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {probs, rewards};
+  return {in.probs, in.rewards};
 }
 
 }  // namespace vlmreward
