@@ -46,7 +46,7 @@ def _probs(vlm, frames: np.ndarray, goals, task_set, num_negatives, templates, s
 def evaluate(model: str = "default", env_ids=None, *, pretrained: str | None = None, num_negatives: int = 8,
              threshold: float | None = None, templates=("{}",), seed: int = 0, scale: float = 1.0,
              out: str | Path | None = None, data_dir: str | Path = "data/evaluate", device: str = "cpu",
-             progress: bool = True) -> dict:
+             progress: bool = True, return_scores: bool = False) -> dict:
     """Evaluate a reward model offline on the held-out (test-seed) frames of ``env_ids``.
 
     Args:
@@ -57,6 +57,7 @@ def evaluate(model: str = "default", env_ids=None, *, pretrained: str | None = N
         templates: prompt templates of the goal bank; seed: seed of the negatives' sampling.
         scale: multiplies the test recipe's episode counts.
         out: directory for evaluation.json / evaluation.md / pr_curves.png (None: no files).
+        return_scores: also return the raw (probs, labels) arrays under "scores" (not written to JSON).
     Returns:
         {"model", "identity", "num_negatives", "results": {env: {group: metrics dict}}, "table": markdown}.
         A metrics dict is :func:`vlmreward.metrics.classification_metrics` plus "num_negatives", "goals",
@@ -84,7 +85,7 @@ def evaluate(model: str = "default", env_ids=None, *, pretrained: str | None = N
     vlm = load_model(model, pretrained, device=device)
     recipe = dataclasses.replace(_frames_recipe(vlm, scale), env_ids=tuple(env_ids))
     ds = load_or_generate(recipe, data_dir, progress)
-    results = {}
+    results, scores = {}, {}
     bar = tqdm(total=len(env_ids) * 2, desc="evaluate", disable=not progress)
     for e, env_id in enumerate(ds.env_ids):
         rows = ds.env_index == e
@@ -98,10 +99,12 @@ def evaluate(model: str = "default", env_ids=None, *, pretrained: str | None = N
         para = [paraphrase(g) for g in task]
         probs_para = _probs(vlm, ds.frames[rows], para, para, n, templates, seed)
         bar.update()
-        res = {}
+        res, raw = {}, {}
+        scores[env_id] = raw
         for group, p, m in (("train", probs, is_train), ("heldout", probs, ~is_train),
                             ("paraphrase", probs_para, is_train)):
             y, s = labels[:, m].ravel(), p[:, m].ravel()
+            raw[group] = {"probs": s, "labels": y}
             if not m.any() or y.min() == y.max():
                 res[group] = {"error": f"{int(y.sum())} positives of {y.size}: needs both classes",
                               "goals": int(m.sum())}
@@ -124,6 +127,8 @@ def evaluate(model: str = "default", env_ids=None, *, pretrained: str | None = N
         (out / "evaluation.json").write_text(json.dumps(report, indent=1, default=list) + "\n")
         (out / "evaluation.md").write_text(report["table"] + "\n")
         plot_pr_curves(report, out / "pr_curves.png")
+    if return_scores:
+        report["scores"] = scores
     return report
 
 

@@ -14,6 +14,7 @@ Reproduce the shipped model (see vlmreward/assets/default/RECIPE.json)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -39,7 +40,7 @@ DEFAULT_MODEL = "VLMR-ViT-T-12-84-MiniLM"
 class PretrainConfig:
     """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
     model: str = DEFAULT_MODEL
-    epochs: int = 5
+    epochs: int = 6
     steps_per_epoch: int = 160
     batch_size: int = 128
     lr: float = 1e-3
@@ -50,6 +51,7 @@ class PretrainConfig:
     clip_weight: float = 0.5        # weight of the contrastive term beside the reward term
     positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
+    max_val_frames: int = 4000      # validation on an evenly strided subset (keeps epochs short)
     data_scale: float = 1.0         # multiplies the default recipe's episode counts
     data_dir: str = "data/pretrain"
     out: str = "runs/pretrain"
@@ -177,6 +179,11 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         val_ds = load_or_generate(default_recipe("val", size, cfg.data_scale), cfg.data_dir, cfg.progress)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError("empty dataset: no frames to train or validate on")
+    if len(val_ds) > cfg.max_val_frames > 0:
+        keep = np.linspace(0, len(val_ds) - 1, cfg.max_val_frames).round().astype(int)
+        val_ds = dataclasses.replace(val_ds, frames=val_ds.frames[keep], labels=val_ds.labels[keep],
+                                     env_index=val_ds.env_index[keep], seed=val_ds.seed[keep],
+                                     episode_goal=None, success=None)
     if train_ds.frames.shape[1] != size:
         raise ValueError(f"dataset frames are {train_ds.frames.shape[1]} px, model {cfg.model} needs {size}")
 
@@ -251,7 +258,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                 model.logit_scale.clamp_(0, math.log(100))
             for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew)):
                 sums[k] += float(v.detach())
-            bar.set_postfix(loss=f"{float(loss):.3f}", scale=f"{float(scale):.1f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
         val = validate(model, cfg.model, val_ds, mean, std, cfg.eval_negatives, seed=cfg.seed)
         score = _score(val)
         rec = {"epoch": epoch + 1, **{k: v / cfg.steps_per_epoch for k, v in sums.items()},
