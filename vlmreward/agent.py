@@ -45,8 +45,8 @@ class SpatialSoftmax(nn.Module):
 class PixelEncoder(nn.Module):
     """uint8 frames (B,H,W,3) + goal embedding (B,E) -> features (B,hidden).
 
-    Patchify convolution (one patch per grid cell), 3x3 convolution, FiLM by the goal, 3x3 convolution, then
-    keypoints (spatial softmax) and a global max-pool of the feature maps into an MLP."""
+    Patchify convolution (one patch per grid cell), 3x3 convolution, FiLM by the goal, 3x3 convolutions, then
+    keypoints (spatial softmax), a global max-pool of the feature maps and the projected goal into an MLP."""
 
     def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 8, channels: int = 64,
                  hidden: int = 256):
@@ -60,7 +60,8 @@ class PixelEncoder(nn.Module):
         self.conv = nn.Sequential(layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(),
                                   layer_init(nn.Conv2d(channels, channels, 3, padding=1)))
         self.keypoints = SpatialSoftmax()
-        self.mlp = nn.Sequential(layer_init(nn.Linear(3 * channels, hidden)), nn.ReLU())
+        self.goal_proj = layer_init(nn.Linear(goal_dim, channels)) if goal_dim else None
+        self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels, hidden)), nn.ReLU())
 
     @torch.no_grad()
     def prepare(self, frames) -> torch.Tensor:
@@ -74,7 +75,10 @@ class PixelEncoder(nn.Module):
             gamma, beta = self.film(goal).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
             x = x * (1 + gamma) + beta
         x = self.conv(x)
-        return self.mlp(torch.cat([self.keypoints(x), x.amax(dim=(2, 3))], dim=1))
+        parts = [self.keypoints(x), x.amax(dim=(2, 3))]
+        if self.goal_proj is not None:
+            parts.append(torch.relu(self.goal_proj(goal)))
+        return self.mlp(torch.cat(parts, dim=1))
 
 
 class StateEncoder(nn.Module):
@@ -124,12 +128,16 @@ class Agent(nn.Module):
         self.register_buffer("goal_std", std.clamp_min(1e-3 * float(std.max()) if std.numel() else 1.0))
         goal_dim = goal_embeddings.shape[1]
         shape = tuple(observation_shape)
+        self.critic_encoder = None
         if len(shape) == 3 and shape[-1] == 3:
             self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, channels=channels,
                                         hidden=hidden)
             hidden_out = hidden
         elif len(shape) == 1:
             self.encoder = StateEncoder(shape[0], goal_dim)
+            # separate critic trunk (CleanRL's classic-control agent): unnormalised returns (CartPole: up to
+            # ~100) give value gradients that, through a shared trunk and the global norm clip, drown the policy's
+            self.critic_encoder = StateEncoder(shape[0], goal_dim)
             hidden_out = 64
         else:
             raise ValueError(f"observation shape {shape} is neither an (H,W,3) frame nor a (D,) state vector")
@@ -140,13 +148,18 @@ class Agent(nn.Module):
         """Raw batched observations (numpy) -> the float tensor the networks take, on the agent's device."""
         return self.encoder.prepare(observations).to(self.goal_embeddings.device)
 
-    def features(self, x: torch.Tensor, goal_ids: torch.Tensor) -> torch.Tensor:
-        goal = (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
-        return self.encoder(x, goal)
+    def _goal(self, goal_ids: torch.Tensor) -> torch.Tensor:
+        return (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
+
+    def _value(self, x, goal, h) -> torch.Tensor:
+        if self.critic_encoder is not None:
+            h = self.critic_encoder(x, goal)
+        return self.critic(h).squeeze(-1)
 
     def get_value(self, x: torch.Tensor, goal_ids: torch.Tensor) -> torch.Tensor:
         """Value estimates (B,) for prepared observations x and int64 goal ids (B,)."""
-        return self.critic(self.features(x, goal_ids)).squeeze(-1)
+        goal = self._goal(goal_ids)
+        return self._value(x, goal, None if self.critic_encoder is not None else self.encoder(x, goal))
 
     def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor):
         """``get_action_and_value`` for given actions: the call DistributedDataParallel wraps."""
@@ -155,8 +168,9 @@ class Agent(nn.Module):
     def get_action_and_value(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor | None = None,
                              deterministic: bool = False):
         """Returns action (B,) int64, its log-probability (B,), the policy entropy (B,) and the value (B,)."""
-        h = self.features(x, goal_ids)
+        goal = self._goal(goal_ids)
+        h = self.encoder(x, goal)
         dist = Categorical(logits=self.actor(h))
         if action is None:
             action = dist.logits.argmax(-1) if deterministic else dist.sample()
-        return action, dist.log_prob(action), dist.entropy(), self.critic(h).squeeze(-1)
+        return action, dist.log_prob(action), dist.entropy(), self._value(x, goal, h)

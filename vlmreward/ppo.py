@@ -53,7 +53,7 @@ class Args:
     # --- reward model (Baumli et al. eqs. 1-2) ---
     model: str = _f("default", "reward model: 'default', an open_clip name, hf-hub: id or local checkpoint")
     pretrained: str | None = _f(None, "open_clip pretrained tag")
-    threshold: float | None = _f(None, "beta of the binary reward (default: the model's calibrated value or 0.5)")
+    threshold: float = _f(0.5, "beta of the binary reward: 1[p(goal | frame) > beta]")
     num_negatives: int | None = _f(None, "negatives per goal, sampled from the task set (None: all others)")
     templates: list[str] | None = _f(None, "prompt templates around each goal, e.g. 'a photo of {}'")
     terminate_on_success: bool | None = _f(None, "end episodes on reward 1 (None: yes for goal-reaching domains)")
@@ -186,7 +186,7 @@ def check_args(args: Args) -> Args:
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(f"num_envs * num_steps ({args.num_envs * args.num_steps}) must be divisible by "
                          f"num_minibatches ({args.num_minibatches})")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+    if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {args.threshold}")
     return args
 
@@ -253,16 +253,10 @@ class Task:
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
         if args.reward == "vlm":
             from vlmreward.reward import RewardModel
-            threshold = args.threshold if args.threshold is not None else _default_threshold(model, args.env_id)
-            self.reward_model = RewardModel(model, self.bank, threshold=threshold)
+            self.reward_model = RewardModel(model, self.bank, threshold=args.threshold)
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
-
-
-def _default_threshold(model, env_id: str) -> float:
-    thresholds = getattr(model, "thresholds", None) or {}
-    return float(thresholds.get(env_id, 0.5))
 
 
 class NoSuccessTermination(gym.Wrapper):
