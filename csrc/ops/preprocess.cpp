@@ -14,6 +14,17 @@ int round_half_even(double x) { return static_cast<int>(std::nearbyint(x)); }
 
 AxisPlan plan_axis(int interpolation, int in_size, int resized, int canvas, int offset) {
   AxisPlan p;
+  if (in_size == resized) {  // no resampling on this axis (Pillow skips the pass): one tap of weight 1
+    p.taps = 1;
+    p.start.assign(canvas, 0);
+    p.count.assign(canvas, 0);
+    p.weights.assign(canvas, 1.f);
+    for (int j = 0; j < canvas; ++j) {
+      const int r = j + offset;
+      if (r >= 0 && r < resized) p.start[j] = r, p.count[j] = 1;
+    }
+    return p;
+  }
   const double filterscale = std::max(1.0, static_cast<double>(in_size) / resized);
   p.taps = static_cast<int>(std::ceil(filter_support(interpolation) * filterscale)) * 2 + 1;
   p.start.assign(canvas, 0);
