@@ -43,7 +43,7 @@ class Args:
     env_id: str = _f("vlmreward/Find-v0", "gymnasium id (vlmreward/* ids carry language goals)")
     reward: str = _f("vlm", "'vlm': train on the VLM reward only; 'gt': train on the environment's own reward")
     seed: int = _f(1, "seed of torch, numpy and the environments (rank r uses seed + r)")
-    total_timesteps: int = _f(60_000, "environment steps over all environments and ranks")
+    total_timesteps: int = _f(40_000, "environment steps over all environments and ranks")
     run_dir: str | None = _f(None, "output folder (default runs/<env>__<reward>__s<seed>)")
     resume: str | None = _f(None, "checkpoint file or run folder to continue from")
     device: str = _f("auto", "'auto' (cuda when available), 'cpu' or 'cuda[:i]'")
@@ -58,20 +58,21 @@ class Args:
     templates: list[str] | None = _f(None, "prompt templates around each goal, e.g. 'a photo of {}'")
     terminate_on_success: bool | None = _f(None, "end episodes on reward 1 (None: yes for goal-reaching domains)")
     # --- environments ---
-    num_envs: int = _f(8, "parallel environments per rank")
+    num_envs: int = _f(16, "parallel environments per rank")
     vectorization_mode: str = _f("sync", "'sync' or 'async' vector environments")
     train_goals: list[str] | None = _f(None, "training goals (a subset of the task set; default: the env's)")
     max_episode_steps: int | None = _f(None, "episode timeout (default: the environment's)")
-    frame_size: int | None = _f(None, "side of the household domains' RGB frames (default: the environment's)")
+    frame_size: int | None = _f(None, "side of the household domains' RGB frames (default: the reward model's "
+                                      "input size: no resize in the reward)")
     # --- agent ---
     image_size: int = _f(56, "side of the frames the policy sees (downsampled)")
     patch: int = _f(8, "patch size of the policy's first convolution (one grid cell of the 7x7 rooms)")
     channels: int = _f(64, "convolution channels of the pixel policy")
     hidden: int = _f(256, "hidden units of the pixel policy")
     # --- PPO (CleanRL defaults) ---
-    learning_rate: float = _f(5e-4, "Adam learning rate")
+    learning_rate: float = _f(1e-3, "Adam learning rate")
     anneal_lr: bool = _f(True, "linearly anneal the learning rate to 0")
-    num_steps: int = _f(64, "steps per environment per rollout")
+    num_steps: int = _f(32, "steps per environment per rollout")
     gamma: float = _f(0.99, "discount")
     gae_lambda: float = _f(0.95, "lambda of generalised advantage estimation")
     num_minibatches: int = _f(4, "minibatches per epoch")
@@ -228,6 +229,7 @@ class Task:
             self.task_set, self.train_goals, self.heldout_goals = ("",), ("",), ()
             self.goal_embeddings = torch.zeros(1, 0)
             self.terminate_on_success = False
+            self.env_kwargs = _env_kwargs(args, None)
             probe.close()
             return
         self.task_set = tuple(base.task_set)
@@ -247,6 +249,10 @@ class Task:
         from vlmreward.models import load_model
 
         model = load_model(args.model, args.pretrained, device=str(device))
+        frame_size = args.frame_size
+        if frame_size is None and hasattr(base, "frame_size"):
+            frame_size = int(model.preprocess_cfg["image_size"])
+        self.env_kwargs = _env_kwargs(args, frame_size)
         kw = {"templates": tuple(args.templates)} if args.templates else {}
         self.bank = GoalBank(model, list(self.task_set), negatives=list(self.task_set),
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
@@ -269,15 +275,20 @@ class NoSuccessTermination(gym.Wrapper):
         return obs, reward, terminated and not info.get("success", False), truncated, info
 
 
+def _env_kwargs(args: Args, frame_size: int | None) -> dict:
+    kwargs = {}
+    if args.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = args.max_episode_steps
+    if frame_size is not None:
+        kwargs["frame_size"] = frame_size
+    return kwargs
+
+
 def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync"):
     """A vector env (NEXT_STEP autoreset) over ``task``; in 'vlm' mode wrapped by VectorVLMRewardWrapper."""
     args = task.args
     wrappers = [NoSuccessTermination] if task.reward_model is not None and task.terminate_on_success else None
-    kwargs = {}
-    if args.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = args.max_episode_steps
-    if args.frame_size is not None:
-        kwargs["frame_size"] = args.frame_size
+    kwargs = dict(task.env_kwargs)
     if task.language:
         kwargs["render_mode"] = "rgb_array"
         kwargs["goal_pool"] = tuple(goals)
@@ -705,6 +716,7 @@ def train(args: Args) -> dict:
                 "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
                 "global_step": global_step, "args": dataclasses.asdict(args), "goals": list(task.task_set),
                 "train_goals": list(task.train_goals), "heldout_goals": list(task.heldout_goals),
+                "env_kwargs": task.env_kwargs,
                 "observation_shape": tuple(task.observation_shape), "num_actions": task.num_actions})
         logger.flush()
         if bar is not None:

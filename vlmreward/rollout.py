@@ -61,11 +61,7 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
     agent.load_state_dict(state["agent"])
     agent.eval()
 
-    kwargs = {"render_mode": "rgb_array"}
-    if args.frame_size is not None:
-        kwargs["frame_size"] = args.frame_size
-    if args.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = args.max_episode_steps
+    kwargs = dict(state["env_kwargs"], render_mode="rgb_array")
     env = gym.make(args.env_id, **kwargs)
     if args.reward == "vlm" and language and len(names) > 1:
         env = NoSuccessTermination(env)  # as in training: only the VLM (absent here) or a timeout ends it
