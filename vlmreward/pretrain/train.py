@@ -131,6 +131,10 @@ def validate(model, model_name: str, ds: FrameDataset, mean, std, num_negatives:
     result = {}
     for e, env_id in enumerate(ds.env_ids):
         rows = ds.env_index == e
+        fam = env_id.split("/")[-1].removesuffix("-v0")
+        if not rows.any():
+            result[fam] = {"ap_train": float("nan"), "ap_heldout": float("nan")}
+            continue
         cols = np.asarray(ds.env_goals[e])
         sets = goal_sets_for(cols, num_negatives, seed)
         probs = reward_head(img[rows], txt, sets, logit_scale=scale, threshold=0.5).probs.numpy()
@@ -139,7 +143,7 @@ def validate(model, model_name: str, ds: FrameDataset, mean, std, num_negatives:
         for split, m in (("train", ds.train_goal_mask[cols]), ("heldout", ~ds.train_goal_mask[cols])):
             y, p = labels[:, m].ravel(), probs[:, m].ravel()
             r[f"ap_{split}"] = float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-        result[env_id.split("/")[-1].removesuffix("-v0")] = r
+        result[fam] = r
     model.train()
     return result
 
