@@ -1,12 +1,18 @@
 // CPU kernels of the preprocess op.
 //
-// Fast path, in Pillow's order: a task is a band of output rows of one frame. It resamples horizontally
-// only the input rows the band reads (each pixel as a 4-float vector, so the 3 channels share one FMA),
-// stores them clipped and rounded as Pillow's uint8 intermediate would be, in three planes of width S, then
-// resamples vertically with contiguous FMAs straight into the normalised output planes. The band buffer is
-// (input rows of the band) x 3 x S floats, a fraction of a frame that stays in cache: no full-size float
-// copy of a frame is ever made. Bands spread small batches over all threads; large batches get one band
-// per frame.
+// Fast path, in Pillow's order. A task is a band of output rows of one frame. The horizontal pass runs on
+// 8 input rows at once: the rows are widened to floats and transposed in 8x8 blocks, so that one 8-float
+// vector holds one channel of one input column in 8 rows; each output column is then one broadcast weight
+// times a full vector per tap and channel (the taps of a column are the same in every row). The sums are
+// clipped and rounded as Pillow's uint8 intermediate would be, transposed back and stored as three float
+// planes of width S per input row, in a ring of a few rows: the vertical pass of output row i consumes rows
+// [start_i, start_i + count_i) and the ring is refilled 8 rows at a time as i advances (starts never go
+// back), so the intermediate stays in L1/L2 and no full-size float copy of a frame is ever made. The
+// vertical pass keeps 8 output columns in a register across its taps and normalises them on the way out.
+// Bands spread small batches over all threads; large batches get one band per frame.
+//
+// Vectors are GCC/Clang vector extensions of 8 floats: one AVX2 register in the x86-64-v3 clone, two SSE
+// registers in the baseline clone, plain code elsewhere.
 #include "../preprocess.h"
 
 #include <ATen/Dispatch.h>
@@ -16,103 +22,204 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+// No FMA contraction: each product and sum is rounded as in resample_pixel_2d, so the fast path gives the
+// pointwise (CUDA-arithmetic) path's results bit for bit. It costs nothing here: AMD and Intel cores issue the
+// multiply and the add on separate pipes, and the loops have enough independent sums to hide the latency.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#pragma GCC diagnostic ignored "-Wpsabi"  // 8-float vectors only cross always_inline helpers: no ABI in play
+#endif
 
 namespace vlmreward {
 namespace {
 
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
-// The two hot loops are compiled for AVX2+FMA as well as the baseline, picked at load time (GCC ifunc).
+// The hot loops are compiled for AVX2+FMA as well as the baseline, picked at load time (GCC ifunc).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define VLM_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define VLM_MULTIVERSION
 #endif
+#define VLM_INLINE inline __attribute__((always_inline))
+#if defined(__clang__)
+#define VLM_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define VLM_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
+#endif
 
-// Horizontal pass of one input row (RGB; only pixels [x_lo, x_hi) are read, the columns that any output
-// column uses: a centre crop skips the rest) into planes h[c * S + j]; padded columns are left 0.
-// The row is widened to floats in one vectorisable loop; a pixel is then one unaligned 4-float load (the
-// 4th lane is the next pixel's red, ignored; `rowf` has one float of slack), and two accumulators break
-// the add-latency chain over the taps.
-VLM_MULTIVERSION void horizontal_row(const uint8_t* row, int64_t x_lo, int64_t x_hi, const AxisPlan& cols, int64_t S,
-                                     float* rowf, float* h) {
-  for (int64_t k = 3 * x_lo; k < 3 * x_hi; ++k) rowf[k - 3 * x_lo] = static_cast<float>(row[k]);
-  rowf[3 * (x_hi - x_lo)] = 0.f;
-  for (int64_t j = 0; j < S; ++j) {
-    const int n = cols.count[j];
-    const float* w = &cols.weights[size_t(j) * cols.taps];
-    const float* p = rowf + 3 * (int64_t(cols.start[j]) - x_lo);
-    v4f acc0 = {0.f, 0.f, 0.f, 0.f}, acc1 = acc0, v0, v1;
-    int k = 0;
-    for (; k + 1 < n; k += 2) {
-      __builtin_memcpy(&v0, p + 3 * k, sizeof(v4f));
-      __builtin_memcpy(&v1, p + 3 * k + 3, sizeof(v4f));
-      acc0 += w[k] * v0;
-      acc1 += w[k + 1] * v1;
+VLM_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+VLM_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+
+// m[k][r] -> m[r][k] (unpack, shuffle, 128-bit permute: 24 AVX shuffles).
+VLM_INLINE void transpose8(v8f m[8]) {
+  v8f t[8], s[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = VLM_SHUFFLE(m[i], m[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = VLM_SHUFFLE(m[i], m[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      s[i + 2 * h] = VLM_SHUFFLE(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      s[i + 2 * h + 1] = VLM_SHUFFLE(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
-    if (k < n) {
-      __builtin_memcpy(&v0, p + 3 * k, sizeof(v4f));
-      acc0 += w[k] * v0;
-    }
-    // clip_round() of the three channels at once (same arithmetic, vector instructions).
-    acc0 += acc1;
-    acc0 = acc0 < 0.f ? 0.f : acc0;
-    acc0 = acc0 > 255.f ? 255.f : acc0;
-    acc0 = __builtin_convertvector(__builtin_convertvector(acc0 + 0.5f, v4i), v4f);
-    h[j] = acc0[0];
-    h[S + j] = acc0[1];
-    h[2 * S + j] = acc0[2];
+  }
+  // s[0..3] hold columns (0,4), (1,5), (2,6), (3,7) of rows 0-3; s[4..7] the same of rows 4-7.
+  for (int i = 0; i < 4; ++i) {
+    m[i] = VLM_SHUFFLE(s[i], s[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    m[i + 4] = VLM_SHUFFLE(s[i], s[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
 
-// acc[j] = sum_t w[t] * src[t * stride + j] for j < S: the vertical pass of one output row and channel.
-VLM_MULTIVERSION void vertical_row(const float* src, int64_t stride, const float* w, int taps, int64_t S, float* acc) {
-  std::fill(acc, acc + S, 0.f);
-  for (int t = 0; t < taps; ++t) {
-    const float* s = src + t * stride;
-    const float wt = w[t];
-    for (int64_t j = 0; j < S; ++j) acc[j] += wt * s[j];
+// clip_round() on 8 values: Pillow's uint8 store of a resampled value.
+VLM_INLINE v8f clip_round8(v8f v) {
+  v = v < 0.f ? 0.f : v;
+  v = v > 255.f ? 255.f : v;
+  return __builtin_convertvector(__builtin_convertvector(v + 0.5f, v8i), v8f);
+}
+
+// Horizontal pass of 8 input rows (`rows[r]` points at pixel x_lo of row r; nx pixels are read) into
+// out[r * out_stride + c * S8 + j] for output columns j < S8 (S rounded up to 8; the extra columns and padded
+// ones get 0). `cols` holds the taps of every output column, all within [x_lo, x_lo + nx). T is scratch of
+// 8 * (3 * nx rounded up to 8) floats.
+VLM_MULTIVERSION void horizontal_rows8(const uint8_t* const* rows, int64_t x_lo, int64_t nx, const AxisPlan& cols,
+                                       int64_t S, int64_t S8, float* T, float* out, int64_t out_stride) {
+  const int64_t K = 3 * nx;
+  // T[8 * k + r] = row r, byte k: 64 bytes of each row widened to floats (a loop that vectorises), then
+  // transposed in 8x8 blocks.
+  constexpr int64_t kChunk = 64;
+  alignas(32) float wide[8][kChunk];
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t len = std::min(kChunk, K - k0);
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* src = rows[r] + k0;
+      if (len == kChunk) {
+        for (int64_t k = 0; k < kChunk; ++k) wide[r][k] = static_cast<float>(src[k]);
+      } else {
+        for (int64_t k = 0; k < kChunk; ++k) wide[r][k] = k < len ? static_cast<float>(src[k]) : 0.f;
+      }
+    }
+    for (int64_t q0 = 0; q0 < len; q0 += 8) {
+      v8f m[8];
+      for (int r = 0; r < 8; ++r) m[r] = load8(&wide[r][q0]);
+      transpose8(m);
+      for (int q = 0; q < 8; ++q) store8(T + 8 * (k0 + q0 + q), m[q]);
+    }
+  }
+  for (int64_t j0 = 0; j0 < S8; j0 += 8) {
+    v8f acc[3][8];
+    for (int jj = 0; jj < 8; ++jj) {
+      const int64_t j = j0 + jj;
+      v8f a0 = {}, a1 = {}, a2 = {};
+      const int n = j < S ? cols.count[j] : 0;
+      if (n > 0) {
+        const float* w = &cols.weights[size_t(j) * cols.taps];
+        const float* p = T + 24 * (int64_t(cols.start[j]) - x_lo);
+        for (int k = 0; k < n; ++k, p += 24) {
+          const float wk = w[k];
+          a0 += wk * load8(p);
+          a1 += wk * load8(p + 8);
+          a2 += wk * load8(p + 16);
+        }
+      }
+      acc[0][jj] = clip_round8(a0);
+      acc[1][jj] = clip_round8(a1);
+      acc[2][jj] = clip_round8(a2);
+    }
+    for (int c = 0; c < 3; ++c) {
+      transpose8(acc[c]);
+      for (int r = 0; r < 8; ++r) store8(out + r * out_stride + c * S8 + j0, acc[c][r]);
+    }
   }
 }
+
+// dst[j] = normalise_pixel(sum_t w[t] * src[t][j]) for j < S8: the vertical pass of one output row and channel.
+VLM_MULTIVERSION void vertical_row(const float* const* src, const float* w, int taps, int64_t S8, float scale,
+                                   float shift, float* dst) {
+  for (int64_t j = 0; j < S8; j += 8) {
+    v8f acc = {};
+    for (int t = 0; t < taps; ++t) acc += w[t] * load8(src[t] + j);
+    store8(dst + j, clip_round8(acc) * scale + shift);
+  }
+}
+
+struct Scratch {
+  std::vector<float> T, ring, row;
+  std::vector<const float*> taps;
+};
 
 template <typename out_t>
 void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out, int64_t b, int64_t r0, int64_t r1,
-                     std::vector<float>& rowf, std::vector<float>& band, std::vector<float>& acc) {
-  const int64_t S = p.size, H = p.height, W = p.width;
+                     Scratch& s) {
+  const int64_t S = p.size, H = p.height, W = p.width, S8 = (S + 7) / 8 * 8;
   int64_t ylo = H, yhi = 0;  // input rows the band reads
+  int max_taps = 0;
   for (int64_t i = r0; i < r1; ++i) {
     if (p.rows.count[i] == 0) continue;
     ylo = std::min<int64_t>(ylo, p.rows.start[i]);
     yhi = std::max<int64_t>(yhi, p.rows.start[i] + p.rows.count[i]);
+    max_taps = std::max(max_taps, p.rows.count[i]);
   }
-  const int64_t row_floats = 3 * S;
   int64_t x_lo = W, x_hi = 0;  // input columns any output column reads
+  int64_t j_lo = S, j_hi = 0;  // valid (non-padded) output columns: one contiguous run
   for (int64_t j = 0; j < S; ++j) {
     if (p.cols.count[j] == 0) continue;
     x_lo = std::min<int64_t>(x_lo, p.cols.start[j]);
     x_hi = std::max<int64_t>(x_hi, p.cols.start[j] + p.cols.count[j]);
+    j_lo = std::min(j_lo, j);
+    j_hi = j + 1;
   }
-  if (ylo < yhi) {
-    band.resize(size_t((yhi - ylo) * row_floats));
-    for (int64_t y = ylo; y < yhi; ++y)
-      horizontal_row(frames + (b * H + y) * W * 3, x_lo, x_hi, p.cols, S, rowf.data(),
-                     band.data() + (y - ylo) * row_floats);
-  }
+  const int64_t nx = std::max<int64_t>(0, x_hi - x_lo);
+  // Ring of R input rows: refilling 8 rows while output row i still needs count_i rows needs R >= count_i + 7.
+  const int64_t R = (max_taps + 7 + 7) / 8 * 8, row_floats = 3 * S8;
+  s.T.resize(size_t(8 * ((3 * nx + 7) / 8 * 8)));
+  s.ring.resize(size_t(R * row_floats));
+  s.row.resize(size_t(S8));
+  s.taps.resize(size_t(std::max(1, max_taps)));
+  const uint8_t* rows[8];
+  int64_t produced = ylo;  // next input row to resample horizontally
   for (int64_t i = r0; i < r1; ++i) {
+    const int n = p.rows.count[i], y0 = p.rows.start[i];
+    if (n > 0) {
+      for (; produced < y0 + n; produced += 8) {
+        for (int r = 0; r < 8; ++r)  // rows past the band repeat its last row (their results are never read)
+          rows[r] = frames + ((b * H + std::min(produced + r, yhi - 1)) * W + x_lo) * 3;
+        horizontal_rows8(rows, x_lo, nx, p.cols, S, S8, s.T.data(),
+                         s.ring.data() + (produced - ylo) % R * row_floats, row_floats);
+      }
+    }
     for (int c = 0; c < 3; ++c) {
       out_t* dst = out + ((b * 3 + c) * S + i) * S;
-      if (p.rows.count[i] == 0) {  // a padded row
-        std::fill(dst, dst + S, static_cast<out_t>(p.fill[c]));
+      const out_t fill = static_cast<out_t>(p.fill[c]);
+      if (n == 0) {  // a padded row
+        std::fill(dst, dst + S, fill);
         continue;
       }
-      vertical_row(band.data() + (p.rows.start[i] - ylo) * row_floats + c * S, row_floats,
-                   &p.rows.weights[size_t(i) * p.rows.taps], p.rows.count[i], S, acc.data());
-      // Valid (non-padded) columns are one contiguous run; this loop vectorises.
-      for (int64_t j = 0; j < S; ++j) dst[j] = static_cast<out_t>(normalise_pixel(acc[j], p.scale[c], p.shift[c]));
-      for (int64_t j = 0; j < S; ++j)
-        if (p.cols.count[j] == 0) dst[j] = static_cast<out_t>(p.fill[c]);
+      for (int t = 0; t < n; ++t) s.taps[t] = s.ring.data() + ((y0 + t - ylo) % R * 3 + c) * S8;
+      float* v = s.row.data();
+      vertical_row(s.taps.data(), &p.rows.weights[size_t(i) * p.rows.taps], n, S8, p.scale[c], p.shift[c], v);
+      if constexpr (std::is_same_v<out_t, float>) {
+        std::memcpy(dst, v, sizeof(float) * S);
+      } else {
+        for (int64_t j = 0; j < S; ++j) dst[j] = static_cast<out_t>(v[j]);
+      }
+      std::fill(dst, dst + j_lo, fill);  // padded columns
+      std::fill(dst + std::max(j_lo, j_hi), dst + S, fill);
     }
   }
 }
@@ -139,6 +246,22 @@ void preprocess_pointwise_rows(const uint8_t* frames, const PreprocessPlan& p, o
   }
 }
 
+// A fresh output of many MB comes straight from mmap, and faulting it in 4 KiB pages costs more than the
+// resampling (~4 us a page in a VM: 64 frames at 224 are 9400 pages). Advise transparent huge pages on its
+// 2 MiB-aligned inside, as torch's allocator does under THP_MEM_ALLOC_ENABLE. Advice only: a failure changes
+// nothing, and memory already in use keeps its pages.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data, (void)bytes;
+#endif
+}
+
 template <bool kPointwise>
 at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<double> mean, at::ArrayRef<double> std,
                std::string_view resize_mode, std::string_view interpolation, at::ScalarType dtype) {
@@ -147,6 +270,7 @@ at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<dou
                                          std::string(interpolation), dtype);
   const at::Tensor frames = frames_in.contiguous();  // documented: non-contiguous frames are copied once
   at::Tensor out = at::empty({plan.batch, 3, plan.size, plan.size}, frames.options().dtype(dtype));
+  if constexpr (!kPointwise) advise_huge_pages(out.data_ptr(), out.nbytes());
   const uint8_t* src = frames.data_ptr<uint8_t>();
   const int64_t S = plan.size, B = plan.batch;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vlmreward_preprocess_cpu", [&] {
@@ -159,11 +283,10 @@ at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<dou
       const int64_t bands = std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
       const int64_t band_rows = (S + bands - 1) / bands;
       at::parallel_for(0, B * bands, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> rowf(3 * plan.width + 1);
-        std::vector<float> band, acc(S);
+        Scratch scratch;
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / bands, r0 = (task % bands) * band_rows;
-          if (r0 < S) preprocess_band(src, plan, dst, b, r0, std::min(S, r0 + band_rows), rowf, band, acc);
+          if (r0 < S) preprocess_band(src, plan, dst, b, r0, std::min(S, r0 + band_rows), scratch);
         }
       });
     }
