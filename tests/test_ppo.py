@@ -150,3 +150,14 @@ def test_vlm_reward_alone_trains_and_ends_episodes(tmp_path, tiny_clip_dir, thre
     lengths, returns = m["charts/episodic_length"][1], m["charts/episodic_return"][1]
     assert len(lengths) >= 4 and np.all(lengths == length) and np.all(returns == ret)
     assert np.array_equal(m["charts/vlm_return"][1], returns)
+
+
+def test_episode_end_defaults(tiny_clip_dir):
+    """Goal-reaching domains end on VLM success (the paper); the classic-control domains reward every step."""
+    cpu = torch.device("cpu")
+    find = ppo.Task(ppo.Args(model=str(tiny_clip_dir)), cpu)
+    cart = ppo.Task(ppo.Args(env_id="vlmreward/CartPoleUpright-v0", model=str(tiny_clip_dir)), cpu)
+    assert find.terminate_on_success and not cart.terminate_on_success
+    assert find.env_kwargs == {"frame_size": 64}  # rendered at the reward model's input size
+    assert cart.env_kwargs == {}
+    assert set(find.train_goals).isdisjoint(find.heldout_goals) and find.reward_model is not None

@@ -56,7 +56,8 @@ class Args:
     threshold: float = _f(0.5, "beta of the binary reward: 1[p(goal | frame) > beta]")
     num_negatives: int | None = _f(None, "negatives per goal, sampled from the task set (None: all others)")
     templates: list[str] | None = _f(None, "prompt templates around each goal, e.g. 'a photo of {}'")
-    terminate_on_success: bool | None = _f(None, "end episodes on reward 1 (None: yes for goal-reaching domains)")
+    terminate_on_success: bool | None = _f(None, "end episodes on reward 1 (None: yes, except the "
+                                                     "per-step classic-control domains)")
     # --- environments ---
     num_envs: int = _f(16, "parallel environments per rank")
     vectorization_mode: str = _f("sync", "'sync' or 'async' vector environments")
@@ -241,8 +242,11 @@ class Task:
                 raise ValueError(f"goal {g!r} is not in the task set of {args.env_id}"
                                  + (f"; did you mean {close}?" if close else ""))
         self.heldout_goals = tuple(g for g in base.heldout_goals if g not in self.train_goals)
-        # Goal-reaching domains end on success (the paper); per-step domains (CartPole) have one goal.
-        self.terminate_on_success = (len(self.task_set) > 1 if args.terminate_on_success is None
+        # Goal-reaching domains end on success (the paper); the classic-control domains of the VLM-RM peer
+        # reward every step spent in the goal state instead.
+        from vlmreward.envs import CartPoleUpright, MountainCarFlag
+        per_step = isinstance(base, (CartPoleUpright, MountainCarFlag))
+        self.terminate_on_success = (not per_step if args.terminate_on_success is None
                                      else args.terminate_on_success)
         probe.close()
         from vlmreward.goals import GoalBank
@@ -424,7 +428,8 @@ def plot_learning_curves(csv_path, png_path, title: str) -> Path:
     m = read_metrics(csv_path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 
-    def smooth(y, k=10):
+    def smooth(y):  # moving average over ~1/40 of the run's episodes
+        k = max(10, len(y) // 40)
         return np.convolve(y, np.ones(k) / k, mode="valid") if len(y) >= k else y
 
     ax = axes[0]
@@ -435,7 +440,7 @@ def plot_learning_curves(csv_path, png_path, title: str) -> Path:
         if tag in m:
             ax.plot(*m[tag], marker="o", label=label)
     ax.set(xlabel="environment steps", ylabel="ground-truth success", ylim=(-0.02, 1.02), title="success")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     ax = axes[1]
     for tag, label in (("charts/episodic_return", "trained reward"), ("charts/vlm_return", "VLM reward"),
                        ("charts/gt_return", "ground-truth reward")):
