@@ -11,8 +11,8 @@
 // vertical pass keeps 8 output columns in a register across its taps and normalises them on the way out.
 // Bands spread small batches over all threads; large batches get one band per frame.
 //
-// Vectors are GCC/Clang vector extensions of 8 floats: one AVX2 register in the x86-64-v3 clone, two SSE
-// registers in the baseline clone, plain code elsewhere.
+// Vectors are GCC/Clang vector extensions: 8 floats, one AVX2 register, in the x86-64-v3 build of the hot
+// loops; 4 floats (SSE, NEON) in the baseline build, which is also what other architectures compile.
 #include "../preprocess.h"
 
 #include <ATen/Dispatch.h>
@@ -31,8 +31,8 @@
 #endif
 
 // No FMA contraction: each product and sum is rounded as in resample_pixel_2d, so the fast path gives the
-// pointwise (CUDA-arithmetic) path's results bit for bit. It costs nothing here: AMD and Intel cores issue the
-// multiply and the add on separate pipes, and the loops have enough independent sums to hide the latency.
+// pointwise (CUDA-arithmetic) path's results bit for bit. x86 cores issue the multiply and the add on separate
+// pipes, so the throughput is that of FMA; the loops have enough independent sums to hide the latency.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -45,18 +45,23 @@ namespace {
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
 
-// The hot loops are compiled for AVX2+FMA as well as the baseline, picked at load time (GCC ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define VLM_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VLM_MULTIVERSION
+// The hot loops are compiled twice, for AVX2 (x86-64-v3) and for the baseline, and picked once at run time
+// (kernels()). The baseline works on 16-byte halves: GCC would expand 8-float shuffles and scalar broadcasts
+// for 16-byte registers lane by lane, through memory.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VLM_X86_DISPATCH 1
+#define VLM_AVX2 __attribute__((target("arch=x86-64-v3")))
 #endif
 #define VLM_INLINE inline __attribute__((always_inline))
 #if defined(__clang__)
 #define VLM_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define VLM_SHUFFLE4(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
 #define VLM_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
+#define VLM_SHUFFLE4(a, b, ...) __builtin_shuffle(a, b, v4i{__VA_ARGS__})
 #endif
 
 VLM_INLINE v8f load8(const float* p) {
@@ -66,8 +71,26 @@ VLM_INLINE v8f load8(const float* p) {
 }
 VLM_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
-// m[k][r] -> m[r][k] (unpack, shuffle, 128-bit permute: 24 AVX shuffles).
+// m[k][r] -> m[r][k] (AVX: unpack, shuffle, 128-bit permute, 24 instructions).
+template <bool kAvx2>
 VLM_INLINE void transpose8(v8f m[8]) {
+  if constexpr (!kAvx2) {  // four 4x4 transposes of 16-byte halves (SSE unpack and movlhps/movhlps)
+    v4f a[8][2], b[8][2];
+    std::memcpy(a, m, sizeof a);
+    for (int rb = 0; rb < 2; ++rb) {
+      for (int cb = 0; cb < 2; ++cb) {
+        const v4f* r = &a[4 * rb][cb];  // rows 4rb.., columns 4cb..: r[0], r[2], r[4], r[6]
+        const v4f t0 = VLM_SHUFFLE4(r[0], r[2], 0, 4, 1, 5), t1 = VLM_SHUFFLE4(r[0], r[2], 2, 6, 3, 7);
+        const v4f t2 = VLM_SHUFFLE4(r[4], r[6], 0, 4, 1, 5), t3 = VLM_SHUFFLE4(r[4], r[6], 2, 6, 3, 7);
+        b[4 * cb][rb] = VLM_SHUFFLE4(t0, t2, 0, 1, 4, 5);
+        b[4 * cb + 1][rb] = VLM_SHUFFLE4(t0, t2, 2, 3, 6, 7);
+        b[4 * cb + 2][rb] = VLM_SHUFFLE4(t1, t3, 0, 1, 4, 5);
+        b[4 * cb + 3][rb] = VLM_SHUFFLE4(t1, t3, 2, 3, 6, 7);
+      }
+    }
+    std::memcpy(m, b, sizeof b);
+    return;
+  }
   v8f t[8], s[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = VLM_SHUFFLE(m[i], m[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
@@ -86,19 +109,36 @@ VLM_INLINE void transpose8(v8f m[8]) {
   }
 }
 
-// clip_round() on 8 values: Pillow's uint8 store of a resampled value.
+// clip_round() on 8 values: Pillow's uint8 store of a resampled value. Rounding first and clipping the
+// integers gives the same results (v + 0.5 < 0 truncates to <= 0, > 255.5 to >= 255) in fewer instructions;
+// resampled values are bounded by ~2x the pixel range, far from int overflow.
+template <bool kAvx2>
 VLM_INLINE v8f clip_round8(v8f v) {
-  v = v < 0.f ? 0.f : v;
-  v = v > 255.f ? 255.f : v;
-  return __builtin_convertvector(__builtin_convertvector(v + 0.5f, v8i), v8f);
+  if constexpr (!kAvx2) {  // the same on 16-byte halves, which SSE compares and selects natively
+    v4f h[2];
+    std::memcpy(h, &v, sizeof h);
+    for (v4f& x : h) {
+      v4i i = __builtin_convertvector(x + 0.5f, v4i);
+      i = i > 0 ? i : 0;
+      i = i < 255 ? i : 255;
+      x = __builtin_convertvector(i, v4f);
+    }
+    std::memcpy(&v, h, sizeof h);
+    return v;
+  }
+  v8i i = __builtin_convertvector(v + 0.5f, v8i);
+  i = i > 0 ? i : 0;
+  i = i < 255 ? i : 255;
+  return __builtin_convertvector(i, v8f);
 }
 
 // Horizontal pass of 8 input rows (`rows[r]` points at pixel x_lo of row r; nx pixels are read) into
 // out[r * out_stride + c * S8 + j] for output columns j < S8 (S rounded up to 8; the extra columns and padded
 // ones get 0). `cols` holds the taps of every output column, all within [x_lo, x_lo + nx). T is scratch of
 // 8 * (3 * nx rounded up to 8) floats.
-VLM_MULTIVERSION void horizontal_rows8(const uint8_t* const* rows, int64_t x_lo, int64_t nx, const AxisPlan& cols,
-                                       int64_t S, int64_t S8, float* T, float* out, int64_t out_stride) {
+template <bool kAvx2>
+VLM_INLINE void horizontal_rows8(const uint8_t* const* rows, int64_t x_lo, int64_t nx, const AxisPlan& cols,
+                                 int64_t S, int64_t S8, float* T, float* out, int64_t out_stride) {
   const int64_t K = 3 * nx;
   // T[8 * k + r] = row r, byte k: 64 bytes of each row widened to floats (a loop that vectorises), then
   // transposed in 8x8 blocks.
@@ -108,16 +148,14 @@ VLM_MULTIVERSION void horizontal_rows8(const uint8_t* const* rows, int64_t x_lo,
     const int64_t len = std::min(kChunk, K - k0);
     for (int r = 0; r < 8; ++r) {
       const uint8_t* src = rows[r] + k0;
-      if (len == kChunk) {
-        for (int64_t k = 0; k < kChunk; ++k) wide[r][k] = static_cast<float>(src[k]);
-      } else {
-        for (int64_t k = 0; k < kChunk; ++k) wide[r][k] = k < len ? static_cast<float>(src[k]) : 0.f;
-      }
+      uint8_t tail[kChunk] = {};
+      if (len < kChunk) src = static_cast<const uint8_t*>(std::memcpy(tail, src, size_t(len)));
+      for (int64_t k = 0; k < kChunk; ++k) wide[r][k] = static_cast<float>(src[k]);
     }
     for (int64_t q0 = 0; q0 < len; q0 += 8) {
       v8f m[8];
       for (int r = 0; r < 8; ++r) m[r] = load8(&wide[r][q0]);
-      transpose8(m);
+      transpose8<kAvx2>(m);
       for (int q = 0; q < 8; ++q) store8(T + 8 * (k0 + q0 + q), m[q]);
     }
   }
@@ -125,37 +163,90 @@ VLM_MULTIVERSION void horizontal_rows8(const uint8_t* const* rows, int64_t x_lo,
     v8f acc[3][8];
     for (int jj = 0; jj < 8; ++jj) {
       const int64_t j = j0 + jj;
-      v8f a0 = {}, a1 = {}, a2 = {};
+      // Baseline: 16-byte vectors, since GCC builds an 8-float broadcast of a scalar through memory.
+      typedef std::conditional_t<kAvx2, v8f, v4f> V;
+      constexpr int kLanes = sizeof(V) / sizeof(float);
+      V a[24 / kLanes] = {};
       const int n = j < S ? cols.count[j] : 0;
       if (n > 0) {
         const float* w = &cols.weights[size_t(j) * cols.taps];
         const float* p = T + 24 * (int64_t(cols.start[j]) - x_lo);
         for (int k = 0; k < n; ++k, p += 24) {
-          const float wk = w[k];
-          a0 += wk * load8(p);
-          a1 += wk * load8(p + 8);
-          a2 += wk * load8(p + 16);
+          const V wk = V{} + w[k];
+          for (int q = 0; q < 24 / kLanes; ++q) {
+            V v;
+            std::memcpy(&v, p + q * kLanes, sizeof v);
+            a[q] += wk * v;
+          }
         }
       }
-      acc[0][jj] = clip_round8(a0);
-      acc[1][jj] = clip_round8(a1);
-      acc[2][jj] = clip_round8(a2);
+      for (int c = 0; c < 3; ++c) {
+        v8f v;
+        std::memcpy(&v, &a[c * 8 / kLanes], sizeof v);
+        acc[c][jj] = clip_round8<kAvx2>(v);
+      }
     }
     for (int c = 0; c < 3; ++c) {
-      transpose8(acc[c]);
+      transpose8<kAvx2>(acc[c]);
       for (int r = 0; r < 8; ++r) store8(out + r * out_stride + c * S8 + j0, acc[c][r]);
     }
   }
 }
 
 // dst[j] = normalise_pixel(sum_t w[t] * src[t][j]) for j < S8: the vertical pass of one output row and channel.
-VLM_MULTIVERSION void vertical_row(const float* const* src, const float* w, int taps, int64_t S8, float scale,
-                                   float shift, float* dst) {
-  for (int64_t j = 0; j < S8; j += 8) {
-    v8f acc = {};
-    for (int t = 0; t < taps; ++t) acc += w[t] * load8(src[t] + j);
-    store8(dst + j, clip_round8(acc) * scale + shift);
+template <bool kAvx2>
+VLM_INLINE void vertical_row(const float* const* src, const float* w, int taps, int64_t S8, float scale, float shift,
+                             float* dst) {
+  typedef std::conditional_t<kAvx2, v8f, v4f> V;  // as in horizontal_rows8
+  typedef std::conditional_t<kAvx2, v8i, v4i> I;
+  for (int64_t j = 0; j < S8; j += sizeof(V) / sizeof(float)) {
+    V acc = {}, v;
+    for (int t = 0; t < taps; ++t) {
+      std::memcpy(&v, src[t] + j, sizeof v);
+      acc += (V{} + w[t]) * v;
+    }
+    I i = __builtin_convertvector(acc + 0.5f, I);  // clip_round8()
+    i = i > 0 ? i : 0;
+    i = i < 255 ? i : 255;
+    v = __builtin_convertvector(i, V) * scale + shift;
+    std::memcpy(dst + j, &v, sizeof v);
   }
+}
+
+// The two kernels, per instruction set.
+struct Kernels {
+  void (*horizontal)(const uint8_t* const*, int64_t, int64_t, const AxisPlan&, int64_t, int64_t, float*, float*,
+                     int64_t);
+  void (*vertical)(const float* const*, const float*, int, int64_t, float, float, float*);
+};
+#if defined(VLM_X86_DISPATCH)
+VLM_AVX2 void horizontal_avx2(const uint8_t* const* rows, int64_t x_lo, int64_t nx, const AxisPlan& cols, int64_t S,
+                              int64_t S8, float* T, float* out, int64_t out_stride) {
+  horizontal_rows8<true>(rows, x_lo, nx, cols, S, S8, T, out, out_stride);
+}
+VLM_AVX2 void vertical_avx2(const float* const* src, const float* w, int taps, int64_t S8, float scale, float shift,
+                            float* dst) {
+  vertical_row<true>(src, w, taps, S8, scale, shift, dst);
+}
+#endif
+void horizontal_base(const uint8_t* const* rows, int64_t x_lo, int64_t nx, const AxisPlan& cols, int64_t S,
+                     int64_t S8, float* T, float* out, int64_t out_stride) {
+  horizontal_rows8<false>(rows, x_lo, nx, cols, S, S8, T, out, out_stride);
+}
+void vertical_base(const float* const* src, const float* w, int taps, int64_t S8, float scale, float shift,
+                   float* dst) {
+  vertical_row<false>(src, w, taps, S8, scale, shift, dst);
+}
+
+const Kernels& kernels() {
+  static const Kernels k = [] {
+#if defined(VLM_X86_DISPATCH)
+    if (__builtin_cpu_supports("x86-64-v3"))
+      return Kernels{horizontal_avx2, vertical_avx2};
+#endif
+    return Kernels{horizontal_base, vertical_base};
+  }();
+  return k;
 }
 
 struct Scratch {
@@ -199,7 +290,7 @@ void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out,
       for (; produced < y0 + n; produced += 8) {
         for (int r = 0; r < 8; ++r)  // rows past the band repeat its last row (their results are never read)
           rows[r] = frames + ((b * H + std::min(produced + r, yhi - 1)) * W + x_lo) * 3;
-        horizontal_rows8(rows, x_lo, nx, p.cols, S, S8, s.T.data(),
+        kernels().horizontal(rows, x_lo, nx, p.cols, S, S8, s.T.data(),
                          s.ring.data() + (produced - ylo) % R * row_floats, row_floats);
       }
     }
@@ -212,7 +303,7 @@ void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out,
       }
       for (int t = 0; t < n; ++t) s.taps[t] = s.ring.data() + ((y0 + t - ylo) % R * 3 + c) * S8;
       float* v = s.row.data();
-      vertical_row(s.taps.data(), &p.rows.weights[size_t(i) * p.rows.taps], n, S8, p.scale[c], p.shift[c], v);
+      kernels().vertical(s.taps.data(), &p.rows.weights[size_t(i) * p.rows.taps], n, S8, p.scale[c], p.shift[c], v);
       if constexpr (std::is_same_v<out_t, float>) {
         std::memcpy(dst, v, sizeof(float) * S);
       } else {
