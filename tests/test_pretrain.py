@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vlmreward.pretrain import checkpoint as ckpt
 from vlmreward.pretrain.captions import TRAIN_TEMPLATES, paraphrase
 from vlmreward.pretrain.dataset import DataConfig, FrameDataset, generate
-from vlmreward.pretrain.loss import MultiPositiveClipLoss, reward_bce, sample_goal_sets
+from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 
 FIND, CARTPOLE, MCAR = "vlmreward/Find-v0", "vlmreward/CartPoleUpright-v0", "vlmreward/MountainCarFlag-v0"
 # A tiny ViT at 28 px (patch 4 = one 7x7 MiniGrid cell per patch after the 224 -> 28 squash).
@@ -142,6 +142,42 @@ def test_sample_goal_sets_and_reward_bce_against_direct_formula():
         sample_goal_sets(labels, cand, Q, K, generator=g)
 
 
+def test_hard_queries_are_the_top_scoring_false_goals():
+    g = torch.Generator().manual_seed(1)
+    B, K, Q, N, H = 6, 10, 6, 2, 2
+    labels = torch.rand(B, K, generator=g) < 0.3
+    cand = torch.ones(B, K, dtype=torch.bool)
+    cand[:, 0] = False
+    scores = torch.randn(B, K, generator=g)
+    q, negs, valid = sample_goal_sets(labels, cand, Q, N, generator=g, scores=scores, num_hard=H)
+    for b in range(B):  # queries Q/2 .. Q/2+H are the H highest-scoring candidates that do not hold
+        false = [k for k in range(1, K) if not labels[b, k]]
+        ref = sorted(false, key=lambda k: -float(scores[b, k]))[:H]
+        assert q[b, Q // 2:Q // 2 + H].tolist() == ref
+    assert valid.all()
+    with pytest.raises(ValueError, match="scores"):
+        sample_goal_sets(labels, cand, Q, N, generator=g, scores=scores[:, :3], num_hard=H)
+
+
+def test_family_sigmoid_against_direct_formula():
+    g = torch.Generator().manual_seed(2)
+    B, K = 4, 7
+    logits = torch.randn(B, K, generator=g, dtype=torch.float64) * 5
+    labels = torch.rand(B, K, generator=g) < 0.4
+    cand = torch.rand(B, K, generator=g) < 0.7
+    bias = torch.tensor(1.5, dtype=torch.float64)
+    pos, neg = [], []
+    for b in range(B):
+        for k in range(K):
+            if cand[b, k]:
+                p = 1 / (1 + math.exp(-(float(logits[b, k]) - 1.5)))
+                (pos if labels[b, k] else neg).append(-math.log(p) if labels[b, k] else -math.log(1 - p))
+    ref = 0.5 * (np.mean(pos) + np.mean(neg))
+    assert abs(float(family_sigmoid(logits, labels, cand, bias)) - ref) < 1e-9
+    with pytest.raises(ValueError, match="shape"):
+        family_sigmoid(logits, labels[:, :2], cand, bias)
+
+
 def test_paraphrases_use_no_training_wording():
     import vlmreward.envs as envs
     import gymnasium as gym
@@ -183,7 +219,8 @@ def test_short_training_lowers_loss_and_beats_chance(tmp_path, tiny_name, small_
     from vlmreward.pretrain.train import PretrainConfig, train
     ds, val = (_classic_only(d) for d in small_data)
     cfg = PretrainConfig(model=tiny_name, epochs=2, steps_per_epoch=50, batch_size=64, lr=3e-3, warmup_steps=10,
-                         num_negatives=4, eval_negatives=4, out=str(tmp_path / "run"), progress=False, threads=2)
+                         num_negatives=4, eval_negatives=4, out=str(tmp_path / "run"), progress=False, threads=2,
+                         hard_queries=1, sigmoid_weight=0.5)
     res = train(cfg, train_ds=ds, val_ds=val)
     h = res["history"]
     assert h[-1]["loss"] < h[0]["loss"]
@@ -206,6 +243,12 @@ def test_short_training_lowers_loss_and_beats_chance(tmp_path, tiny_name, small_
     with torch.no_grad():
         torch.testing.assert_close(vlm.encode_image(x), model.encode_image(x))
     assert vlm.preprocess_cfg["resize_mode"] == "squash" and vlm.preprocess_cfg["image_size"] == 28
+    # warm start (``init``): a fresh model loaded from the export computes the same embeddings
+    from vlmreward.pretrain.train import _warm_start
+    fresh = ckpt.build_model(tiny_name)
+    _warm_start(fresh, tmp_path / "run" / "final")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_image(x), model.encode_image(x))
 
 
 def test_training_errors(tmp_path, tiny_name, small_data):
@@ -224,6 +267,10 @@ def test_training_errors(tmp_path, tiny_name, small_data):
         train(PretrainConfig(**{**cfg.__dict__, "resume": True}), train_ds=ds, val_ds=val)
     with pytest.raises(ValueError, match="unknown model config"):
         train(PretrainConfig(**{**cfg.__dict__, "model": "no-such-config"}), train_ds=ds, val_ds=val)
+    with pytest.raises(FileNotFoundError, match="init"):
+        train(PretrainConfig(**{**cfg.__dict__, "init": str(tmp_path / "nothing")}), train_ds=ds, val_ds=val)
+    with pytest.raises(ValueError, match="init"):  # the shipped model's weights do not fit the tiny ViT
+        train(PretrainConfig(**{**cfg.__dict__, "init": "vlmreward/assets/default"}), train_ds=ds, val_ds=val)
 
 
 def test_export_leaves_out_the_pypi_text_transformer(tmp_path):

@@ -11,7 +11,10 @@ Two terms, both on the same (frames x captions) logits ``logit_scale * cos(image
   classifier: for a query goal ``g`` and ``N`` negatives from the same environment's goals,
   ``p = softmax([s_g, s_neg...])[0]`` and the loss is BCE(p, success(g)). This is exactly the quantity
   that is thresholded at reward time, so it also calibrates ``logit_scale`` (1/tau) for that use: frames
-  where no goal holds must give a low ``p`` to every goal.
+  where no goal holds must give a low ``p`` to every goal. Optionally part of the queries are hard
+  within-family negatives (the frame's highest-scoring goals that do not hold).
+* :func:`family_sigmoid` -- a per-goal sigmoid loss within the frame's task set (SigLIP-style), so a goal's
+  score drops wherever it does not hold even with no competing goal (single-goal families).
 """
 from __future__ import annotations
 
@@ -51,12 +54,16 @@ class MultiPositiveClipLoss(ClipLoss):
 
 
 def sample_goal_sets(labels: torch.Tensor, candidates: torch.Tensor, num_queries: int, num_negatives: int,
-                     generator: torch.Generator | None = None):
+                     generator: torch.Generator | None = None, scores: torch.Tensor | None = None,
+                     num_hard: int = 0):
     """Sample reward queries like the paper's goal bank: a goal and ``num_negatives`` other goals.
 
     labels bool (B,K); candidates bool (B,K): the goals of each frame's environment (its training task set).
     Half of the queries (when available) are goals that hold, the rest uniform over the candidates; negatives
-    are uniform over the candidates minus the query. Returns (query (B,Q) int64, negatives (B,Q,N) int64,
+    are uniform over the candidates minus the query. With ``scores`` (B,K) (the model's current logits,
+    detached) ``num_hard`` of the non-positive queries are hard negatives instead: the highest-scoring
+    candidate goals that do NOT hold in the frame (e.g. "go to the red ball" while the red ball is only
+    visible), the within-family confusions the thresholded reward must reject. Returns (query (B,Q) int64, negatives (B,Q,N) int64,
     valid (B,Q) bool). Raises ValueError if some frame has fewer than ``num_negatives + 1`` candidates.
     """
     B, K = labels.shape
@@ -69,8 +76,16 @@ def sample_goal_sets(labels: torch.Tensor, candidates: torch.Tensor, num_queries
     pos_first = torch.where(labels & candidates, 2.0 + r, torch.where(candidates, r, -1.0))
     pos_q = pos_first.topk(num_queries // 2, dim=1).indices
     rnd = torch.where(candidates, torch.rand(B, K, generator=generator, device=dev), -1.0)
-    rnd_q = rnd.topk(num_queries - num_queries // 2, dim=1).indices
-    query = torch.cat([pos_q, rnd_q], 1)  # (B,Q)
+    num_hard = min(num_hard, num_queries - num_queries // 2) if scores is not None else 0
+    parts = [pos_q]
+    if num_hard:  # false candidates ranked by the model's score, then (if too few) any candidate
+        if scores.shape != (B, K):
+            raise ValueError(f"scores must be (B,K)={(B, K)}, got {tuple(scores.shape)}")
+        rank = scores.float().argsort(1).argsort(1).float() / K  # in [0, 1), order of the score
+        hard = torch.where(candidates & ~labels, 2.0 + rank, torch.where(candidates, rank - 2.0, -3.0))
+        parts.append(hard.topk(num_hard, dim=1).indices)
+    parts.append(rnd.topk(num_queries - num_queries // 2 - num_hard, dim=1).indices)
+    query = torch.cat(parts, 1)  # (B,Q)
     valid = torch.gather(candidates, 1, query)
     # negatives: top-N of random scores over candidates excluding the query
     scores = torch.rand(B, query.shape[1], K, generator=generator, device=dev)
@@ -107,3 +122,25 @@ def reward_bce(logits: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, 
     lp = (loss * wp).sum() / wp.sum().clamp_min(1)
     ln_ = (loss * wn).sum() / wn.sum().clamp_min(1)
     return 0.5 * (lp + ln_) if wp.sum() > 0 else ln_
+
+
+def family_sigmoid(logits: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+    """Per-goal sigmoid loss within each frame's task family (SigLIP, Zhai et al., arXiv 2303.15343).
+
+    ``BCE(sigmoid(logits - bias), labels)`` over the candidate goals of each frame (its environment's
+    training goals), positives and negatives weighted equally. Unlike the softmax reward it scores each goal
+    on its own, so a goal's score must drop on frames where it does not hold even when no other goal of the
+    family is more likely (e.g. "go to the red ball" with the ball visible but not faced; a fallen pole for
+    CartPole's single training goal). logits (B,K), labels/candidates bool (B,K), bias scalar (a
+    training-only parameter). Returns a scalar; ValueError on shape mismatch.
+    """
+    if labels.shape != logits.shape or candidates.shape != logits.shape:
+        raise ValueError(f"logits, labels, candidates must share a shape, got {tuple(logits.shape)}, "
+                         f"{tuple(labels.shape)}, {tuple(candidates.shape)}")
+    loss = F.binary_cross_entropy_with_logits(logits - bias, labels.float(), reduction="none")
+    wp, wn = (labels & candidates).float(), (~labels & candidates).float()
+    ln = (loss * wn).sum() / wn.sum().clamp_min(1)
+    if wp.sum() == 0:
+        return ln
+    return 0.5 * ((loss * wp).sum() / wp.sum() + ln)

@@ -3,11 +3,13 @@
 Data: :func:`vlmreward.pretrain.dataset.default_recipe` (labelled frames of all five environments, split by
 seed). Captions: the training goals (held-out goals never) in :data:`~vlmreward.pretrain.captions.TRAIN_TEMPLATES`.
 Loss: :class:`~vlmreward.pretrain.loss.MultiPositiveClipLoss` + the paper's reward as a classifier
-(:func:`~vlmreward.pretrain.loss.reward_bce`). Validation per epoch: average precision of the reward
+(:func:`~vlmreward.pretrain.loss.reward_bce`, optionally with within-family hard queries) + optionally the
+per-goal :func:`~vlmreward.pretrain.loss.family_sigmoid`. Validation per epoch: average precision of the reward
 probability (paper eq. 1) on validation seeds, training and held-out goals. Checkpoints are atomic
 (``<out>/checkpoint.pt``), ``--resume`` continues from the last finished epoch; the run is seeded.
 
-Reproduce the shipped model (see vlmreward/assets/default/RECIPE.json)::
+Reproduce v1 of the shipped model; v2 continues it (``--init``, ``--hard-queries``, ``--sigmoid-weight``;
+exact command in vlmreward/assets/default/RECIPE.json and docs/default_model.md)::
 
     vlmreward pretrain --export vlmreward/assets/default
 """
@@ -30,7 +32,7 @@ from vlmreward.pretrain.captions import TRAIN_TEMPLATES
 from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, export_hub_dir, is_hf_text,
                                           load_training_state, model_config, save_training_state)
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
-from vlmreward.pretrain.loss import MultiPositiveClipLoss, reward_bce, sample_goal_sets
+from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 from vlmreward.pretrain.text import CaptionEncoder
 
 DEFAULT_MODEL = "VLMR-ViT-T-12-84-MiniLM"
@@ -49,6 +51,10 @@ class PretrainConfig:
     num_negatives: int = 8          # reward loss: negatives per query, sampled from (2, 4, ..., num_negatives)
     num_queries: int = 8            # reward loss: query goals per frame
     clip_weight: float = 0.5        # weight of the contrastive term beside the reward term
+    hard_queries: int = 0           # reward loss: of the num_queries, this many are the frame's highest-scoring
+                                    # goals that do not hold (within-family hard negatives; 0 = v1 recipe)
+    sigmoid_weight: float = 0.0     # weight of the per-goal sigmoid loss within the family (0 = v1 recipe)
+    init: str = ""                  # warm start: a hub directory (e.g. vlmreward/assets/default) to load first
     positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
     max_val_frames: int = 4000      # validation on an evenly strided subset (keeps epochs short)
@@ -162,6 +168,24 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _warm_start(model, path) -> None:
+    """Load the trained weights of a hub directory (:func:`export_hub_dir` layout) into ``model``.
+
+    Raises FileNotFoundError for a missing directory, ValueError when its weights do not fit ``model``.
+    """
+    from safetensors.torch import load_file
+    w = Path(path) / "open_clip_model.safetensors"
+    if not w.is_file():
+        raise FileNotFoundError(f"init: no open_clip_model.safetensors in {path}")
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(w), device="cpu"), strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"init: weights in {path} do not fit the model: {e}") from e
+    if unexpected or any(not k.startswith(EXTERNAL_TEXT_PREFIX) for k in missing):
+        raise ValueError(f"init: weights in {path} do not fit the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
 # ----- training ----------------------------------------------------------------------------------------
 def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
           val_ds: FrameDataset | None = None) -> dict:
@@ -205,7 +229,10 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         env_cand[e, [col_of[c] for c in cols if c in col_of]] = True
     weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction)
 
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    # training-only bias of the sigmoid term (not part of the exported model); starts at ~0.6 x logit_scale
+    sig_bias = torch.nn.Parameter(torch.tensor(0.6 * float(model.logit_scale.exp())))
+    groups = param_groups(model, cfg.weight_decay) + [{"params": [sig_bias], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (
         1 + math.cos(math.pi * min(s, total) / total)))
@@ -214,6 +241,8 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     start_epoch, history, best = 0, [], -1.0
+    if cfg.init:
+        _warm_start(model, cfg.init)
     if cfg.resume:
         state = load_training_state(ckpt_path)
         if state["config"]["model"] != cfg.model:
@@ -221,6 +250,8 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         if unexpected or any(not k.startswith(EXTERNAL_TEXT_PREFIX) for k in missing):
             raise ValueError(f"checkpoint {ckpt_path} does not match {cfg.model}")
+        if "sigmoid_bias" in state:
+            sig_bias.data.fill_(float(state["sigmoid_bias"]))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"], json.loads(state["history"]), state["best"]
@@ -230,7 +261,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # epoch-seeded: resume replays exactly
         idx = torch.multinomial(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True, generator=g)
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
-        sums, t0 = {"loss": 0.0, "clip": 0.0, "reward": 0.0}, time.time()
+        sums, t0 = {"loss": 0.0, "clip": 0.0, "reward": 0.0, "sigmoid": 0.0}, time.time()
         for step in bar:
             b = idx[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             pixels = to_pixels(torch.from_numpy(train_ds.frames[b.numpy()]), mean, std)
@@ -249,10 +280,13 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                     cand = torch.ones_like(cand)
                 cand = cand.expand(int(rows.sum()), -1)
                 q, negs, valid = sample_goal_sets(y[rows], cand, cfg.num_queries,
-                                                  min(n_neg, int(cand[0].sum()) - 1), generator=g)
+                                                  min(n_neg, int(cand[0].sum()) - 1), generator=g,
+                                                  scores=logits[rows].detach(), num_hard=cfg.hard_queries)
                 l_rew.append(reward_bce(logits[rows], y[rows], q, negs, valid) * rows.float().mean())
             l_rew = torch.stack(l_rew).sum()
-            loss = l_rew + cfg.clip_weight * l_clip
+            l_sig = (family_sigmoid(logits, y, env_cand[env], sig_bias) if cfg.sigmoid_weight
+                     else logits.sum() * 0.0)
+            loss = l_rew + cfg.clip_weight * l_clip + cfg.sigmoid_weight * l_sig
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -260,7 +294,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             sched.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew)):
+            for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew), ("sigmoid", l_sig)):
                 sums[k] += float(v.detach())
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
         val = validate(model, cfg.model, val_ds, mean, std, cfg.eval_negatives, seed=cfg.seed)
@@ -276,6 +310,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         sd = {k: v for k, v in model.state_dict().items() if not (hf and k.startswith(EXTERNAL_TEXT_PREFIX))}
         save_training_state(ckpt_path, {"model": sd, "optimizer": opt.state_dict(),
                                         "scheduler": sched.state_dict(), "epoch": epoch + 1, "best": best,
+                                        "sigmoid_bias": float(sig_bias),
                                         "history": json.dumps(history), "config": asdict(cfg)})
     export_hub_dir(model, cfg.model, out / "final")
     result = {"val": history[-1]["val"] if history else {}, "best": best, "history": history, "out": str(out)}
