@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+import vlmreward
 from vlmreward import ppo, rollout
 from vlmreward.agent import Agent
 
-ROOT = Path(__file__).parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
+# Subprocesses import the vlmreward this test imported (installed, or the source tree in a dev build), and run
+# from a temporary folder: `python -m` puts its working directory first on sys.path, and the source tree of a
+# clean checkout has no compiled kernels.
+PACKAGE_ROOT = Path(vlmreward.__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT), SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
 # CartPole-v1: a plain gymnasium env (no language goals) that PPO improves within seconds.
 QUICK = dict(env_id="CartPole-v1", reward="gt", num_envs=4, num_steps=64, learning_rate=2e-3, eval_interval=0,
              eval_episodes=4, progress=False)
@@ -66,7 +70,7 @@ def test_resume_after_kill(tmp_path):
                 "--total-timesteps", str(total), "--checkpoint-interval", "1", "--eval-interval", "0",
                 "--eval-episodes", "2", "--no-progress", "--run-dir", str(run))
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, cwd=tmp_path)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -95,7 +99,7 @@ def test_torchrun_two_processes(tmp_path):
             "vlmreward.cli", "train", "--env-id", "CartPole-v1", "--reward", "gt", "--num-envs", "2",
             "--num-steps", "32", "--total-timesteps", "1024", "--eval-episodes", "2", "--no-progress",
             "--run-dir", str(run)]
-    out = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((run / "results.json").read_text())
     assert result["global_step"] == 1024 and result["iterations"] == 8  # 2 ranks x 2 envs x 32 steps each

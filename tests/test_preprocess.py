@@ -74,8 +74,8 @@ def test_matches_open_clip_transform(frames, resize_mode, interpolation, op):
                                                                 [1.0] * 3, resize_mode, interpolation,
                                                                 torch.float32)[0]
             assert out.shape == ref.shape, name
-            diff = (out.double() - ref).abs() * 255
-            assert diff.max() <= 2.0, f"{name} {size}: max |diff| {diff.max():.2f}/255"
+            diff = (out.double() - ref).abs() * 255  # whole uint8 steps, up to float32 rounding
+            assert diff.max() <= 2.0 + 1e-4, f"{name} {size}: max |diff| {diff.max():.2f}/255"
             assert diff.mean() <= 0.5, f"{name} {size}: mean |diff| {diff.mean():.3f}/255"
 
 
