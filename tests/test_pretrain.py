@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmreward.pretrain import checkpoint as ckpt
-from vlmreward.pretrain.captions import TRAIN_TEMPLATES, paraphrase
-from vlmreward.pretrain.dataset import DataConfig, FrameDataset, generate
+from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions, paraphrase
+from vlmreward.pretrain.dataset import DataConfig, FrameDataset, generate, make_env, sample_household_states
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 
 FIND, CARTPOLE, MCAR = "vlmreward/Find-v0", "vlmreward/CartPoleUpright-v0", "vlmreward/MountainCarFlag-v0"
@@ -67,6 +67,42 @@ def test_sampled_states_are_labelled_from_state(small_data):
     frac = ds.labels[rows, upright].mean()
     # theta uniform in [-24, 24] deg, upright is |theta| <= 6 deg: a quarter of the states
     assert 0.1 < frac < 0.45
+
+
+@pytest.mark.parametrize("env_id,relation_rate", [(FIND, 0.5), ("vlmreward/Lift-v0", 0.5),
+                                                   ("vlmreward/PickPlace-v0", 0.6)])
+def test_household_states_cover_the_relations(env_id, relation_rate):
+    env = make_env(env_id)
+    u = env.unwrapped
+    frames, labels = sample_household_states(env, 200, seed=5)
+    assert frames.shape == (200, 224, 224, 3) and labels.shape == (200, len(u.task_set))
+    assert len({f.tobytes() for f in frames}) > 190  # a fresh room (or at least a fresh state) each time
+    any_true = labels.any(1).mean()
+    if u.family != "pickplace":  # one faced cell / one carried object: at most one goal holds
+        assert labels.sum(1).max() == 1
+    assert relation_rate - 0.15 < any_true < relation_rate + 0.3, any_true
+    # the last state is a legal one: agent on an empty floor cell, the carried object off the grid
+    x, y = u.agent_pos
+    assert 0 < x < u.width - 1 and 0 < y < u.height - 1 and u.grid.get(x, y) is None
+    if u.carrying is not None:
+        assert all(u.grid.get(i, j) is not u.carrying for i in range(u.width) for j in range(u.height))
+    np.testing.assert_array_equal(labels[-1], [u.goal_success(g) for g in u.task_set])
+    env.close()
+
+
+def test_attribute_captions_are_exact_ors_without_heldout_pairs():
+    from vlmreward.envs.household import HELDOUT_PAIRS, goal_specs
+    goals = [g for f in ("find", "lift", "pickplace") for g in goal_specs(f)]
+    attrs = attribute_captions(goals + ["the pole is upright"])
+    assert attrs["go to the key"] == [f"go to the {c} key" for c in
+                                      ("blue", "green", "grey", "purple", "red", "yellow")]
+    assert attrs["pick up the red object"] == ["pick up the red ball", "pick up the red box", "pick up the red key"]
+    assert set(attrs["put the ball next to the grey key"]) == {f"put the {c} ball next to the grey key" for c in
+                                                              ("blue", "green", "grey", "purple", "red", "yellow")}
+    for caption, covered in attrs.items():
+        assert caption not in goals and len(covered) >= 2
+        assert not any(f"{c} {o}" in caption for c, o in HELDOUT_PAIRS), caption
+    assert not any("pole" in c for c in attrs)
 
 
 def test_dataset_save_load_roundtrip_and_corrupt(tmp_path, small_data):
@@ -249,6 +285,16 @@ def test_short_training_lowers_loss_and_beats_chance(tmp_path, tiny_name, small_
     _warm_start(fresh, tmp_path / "run" / "final")
     with torch.no_grad():
         torch.testing.assert_close(fresh.encode_image(x), model.encode_image(x))
+
+
+def test_attribute_captions_train_with_the_partial_goals(tmp_path, tiny_name, small_data):
+    from vlmreward.pretrain.train import PretrainConfig, train
+    ds, val = small_data
+    cfg = PretrainConfig(model=tiny_name, epochs=1, steps_per_epoch=3, batch_size=32, num_negatives=4,
+                         eval_negatives=4, out=str(tmp_path / "a"), progress=False, sigmoid_weight=1.0,
+                         attribute_captions=True)
+    res = train(cfg, train_ds=ds, val_ds=val)
+    assert all(math.isfinite(res["history"][0][k]) for k in ("loss", "clip", "reward", "sigmoid"))
 
 
 def test_training_errors(tmp_path, tiny_name, small_data):

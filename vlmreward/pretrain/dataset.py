@@ -37,7 +37,7 @@ class DataConfig:
     interpolation: str = "bicubic"
     split: str = "train"
     goal_pool: str = "task_set"  # expert targets: "task_set" (all goals: coverage) or "train" (env default)
-    random_states: int = 0  # classic control only: extra frames from uniformly sampled simulator states
+    random_states: int = 0  # extra frames of randomised states (sample_states / sample_household_states)
     env_overrides: dict = field(default_factory=dict)  # per id: {"episodes", "max_steps", "frame_stride"}
 
     def key(self) -> str:
@@ -94,7 +94,8 @@ class FrameDataset:
 def default_recipe(split: str = "train", image_size: int = 84, scale: float = 1.0) -> DataConfig:
     """The recipe of the shipped default model's data (``scale`` shrinks it for quick runs and tests).
 
-    Episodes per environment for the training split; validation and test use a fifth of them.
+    Episodes per environment for the training split; validation and test use a fifth of them and no
+    randomised states (they are judged on episode frames, the states an agent visits).
     """
     f = scale * (1.0 if split == "train" else 0.2)
     n = lambda k: max(1, int(round(k * f)))  # noqa: E731
@@ -104,7 +105,9 @@ def default_recipe(split: str = "train", image_size: int = 84, scale: float = 1.
     return DataConfig(
         episodes=n(600), max_steps=100, image_size=image_size, split=split, random_states=0,
         env_overrides={
-            "vlmreward/PickPlace-v0": {"episodes": n(400)},
+            "vlmreward/Find-v0": {"random_states": n(15000) if split == "train" else 0},
+            "vlmreward/Lift-v0": {"random_states": n(15000) if split == "train" else 0},
+            "vlmreward/PickPlace-v0": {"episodes": n(400), "random_states": n(20000) if split == "train" else 0},
             "vlmreward/CartPoleUpright-v0": {"episodes": n(100 * c), "max_steps": 300, "frame_stride": 5,
                                              "random_states": n(3000) if split == "train" else 0},
             "vlmreward/MountainCarFlag-v0": {"episodes": n(100 * c), "max_steps": 200, "frame_stride": 4,
@@ -176,6 +179,62 @@ def sample_states(env, n: int, seed: int):
     return np.stack(frames), np.stack(labels)
 
 
+#: Household state sampler: probabilities of (carrying an object, two floor objects 4-adjacent, agent facing
+#: an object) per family. Carrying only where the action space has pickup (Find has none).
+_STATE_MIX = {"find": (0.0, 0.25, 0.5), "lift": (0.5, 0.25, 0.35), "pickplace": (0.3, 0.6, 0.3)}
+_DIRS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's DIR_TO_VEC
+
+
+def sample_household_states(env, n: int, seed: int):
+    """Household domains: ``n`` frames of randomised states, each in a freshly generated room.
+
+    Episode frames are few and strongly correlated (a goal holds on ~1 frame per expert episode); these
+    states cover every relation the goals name, at a known rate (:data:`_STATE_MIX`): the agent on a random
+    free cell facing a random direction or facing an object, an object carried (drawn on the agent's cell),
+    two objects moved next to each other. Every state is one the environment can reach (objects are only
+    moved between floor cells and the hand). Labels are ``goal_success`` of the task set, as for episodes.
+    Returns (frames uint8 (n,S,S,3), labels bool (n, len(task_set))).
+    """
+    u = env.unwrapped
+    p_carry, p_adj, p_face = _STATE_MIX[u.family]
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)  # one seed, then the env's own generator: no overlap with other splits' seeds
+    frames, labels = [], []
+    for _ in range(n):
+        env.reset()
+        u.agent_pos = (-1, -1)  # objects may move onto the agent's old cell; the agent is placed last
+        inner = range(1, u.width - 1)
+        free = lambda: [(i, j) for i in inner for j in inner if u.grid.get(i, j) is None]  # noqa: E731
+        objs = [u.grid.get(i, j) for i in inner for j in inner if u.grid.get(i, j) is not None]
+        if rng.random() < p_carry:
+            o = objs.pop(int(rng.integers(len(objs))))
+            u.grid.set(*o.cur_pos, None)
+            o.cur_pos, u.carrying = (-1, -1), o
+        if len(objs) >= 2 and rng.random() < p_adj:
+            a, b = rng.choice(len(objs), 2, replace=False)
+            bx, by = objs[b].cur_pos
+            spots = [(bx + dx, by + dy) for dx, dy in _DIRS if u.grid.get(bx + dx, by + dy) is None]
+            if spots:
+                x, y = spots[int(rng.integers(len(spots)))]
+                u.grid.set(*objs[a].cur_pos, None)
+                u.grid.set(x, y, objs[a])
+                objs[a].cur_pos = (x, y)
+        cells = free()
+        facing = []
+        if objs and rng.random() < p_face:
+            o = objs[int(rng.integers(len(objs)))]
+            facing = [((o.cur_pos[0] - dx, o.cur_pos[1] - dy), d) for d, (dx, dy) in enumerate(_DIRS)
+                      if u.grid.get(o.cur_pos[0] - dx, o.cur_pos[1] - dy) is None]
+        if facing:
+            u.agent_pos, u.agent_dir = facing[int(rng.integers(len(facing)))]
+        else:
+            u.agent_pos, u.agent_dir = cells[int(rng.integers(len(cells)))], int(rng.integers(4))
+        u.agent_pos = tuple(int(v) for v in u.agent_pos)
+        frames.append(u.gen_obs())
+        labels.append(label_frame(env, u.task_set))
+    return np.stack(frames), np.stack(labels)
+
+
 def _resize(frames: np.ndarray, cfg: DataConfig) -> np.ndarray:
     from vlmreward.ops import preprocess
     x = preprocess(frames, image_size=cfg.image_size, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3,
@@ -235,8 +294,9 @@ def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
             success.append(np.array(ep_success, dtype=bool))
             bar.update()
         n_states = over.get("random_states", cfg.random_states)
-        if n_states and hasattr(env.unwrapped, "GOALS"):
-            st_frames, st_labels = sample_states(env, n_states, SPLIT_SEEDS[cfg.split] + 999_999)
+        if n_states:
+            sampler = sample_states if hasattr(env.unwrapped, "GOALS") else sample_household_states
+            st_frames, st_labels = sampler(env, n_states, SPLIT_SEEDS[cfg.split] + 999_999)
             frames.append(_resize(st_frames, cfg))
             lab = np.zeros((len(st_labels), len(goals)), dtype=bool)
             lab[:, env_goals[e]] = st_labels

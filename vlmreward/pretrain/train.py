@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmreward.pretrain.captions import TRAIN_TEMPLATES
+from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions
 from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, export_hub_dir, is_hf_text,
                                           load_training_state, model_config, save_training_state)
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
@@ -54,6 +54,8 @@ class PretrainConfig:
     hard_queries: int = 0           # reward loss: of the num_queries, this many are the frame's highest-scoring
                                     # goals that do not hold (within-family hard negatives; 0 = v1 recipe)
     sigmoid_weight: float = 0.0     # weight of the per-goal sigmoid loss within the family (0 = v1 recipe)
+    attribute_captions: bool = False  # also train partial goals ("go to the red object", "go to the key";
+                                      # captions.attribute_captions) in the contrastive and sigmoid terms
     init: str = ""                  # warm start: a hub directory (e.g. vlmreward/assets/default) to load first
     positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
@@ -220,17 +222,29 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
     train_cols = np.flatnonzero(train_ds.train_goal_mask)  # held-out goals never become captions
     goals = [train_ds.goals[c] for c in train_cols]
-    captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
-    labels_all = torch.from_numpy(train_ds.labels[:, train_cols])
-    env_all = torch.from_numpy(train_ds.env_index)
-    col_of = {c: i for i, c in enumerate(train_cols)}
-    env_cand = torch.zeros(len(train_ds.env_ids), len(train_cols), dtype=torch.bool)
+    n_goals = len(goals)  # caption columns [0, n_goals) are goals; after them, partial goals (no reward term)
+    labels = [train_ds.labels[:, train_cols]]
+    env_of_goal = {g: e for e, cols in enumerate(train_ds.env_goals) for g in (train_ds.goals[c] for c in cols)}
+    env_cand = np.zeros((len(train_ds.env_ids), len(train_cols)), dtype=bool)
     for e, cols in enumerate(train_ds.env_goals):
-        env_cand[e, [col_of[c] for c in cols if c in col_of]] = True
+        env_cand[e, [i for i, c in enumerate(train_cols) if c in set(cols)]] = True
+    if cfg.attribute_captions:
+        attrs = attribute_captions(train_ds.goals)
+        cols = [[train_ds.goals.index(g) for g in covered] for covered in attrs.values()]
+        goals += list(attrs)
+        labels.append(np.stack([train_ds.labels[:, c].any(1) for c in cols], 1))
+        extra = np.zeros((len(train_ds.env_ids), len(attrs)), dtype=bool)
+        for k, covered in enumerate(attrs.values()):
+            extra[env_of_goal[covered[0]], k] = True
+        env_cand = np.concatenate([env_cand, extra], 1)
+    captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
+    labels_all = torch.from_numpy(np.concatenate(labels, 1))
+    env_all = torch.from_numpy(train_ds.env_index)
+    env_cand = torch.from_numpy(env_cand)
     weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction)
 
     # training-only bias of the sigmoid term (not part of the exported model); starts at ~0.6 x logit_scale
-    sig_bias = torch.nn.Parameter(torch.tensor(0.6 * float(model.logit_scale.exp())))
+    sig_bias = torch.nn.Parameter(torch.tensor(0.6 * float(model.logit_scale.detach().exp())))
     groups = param_groups(model, cfg.weight_decay) + [{"params": [sig_bias], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     total = cfg.epochs * cfg.steps_per_epoch
@@ -273,16 +287,17 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             l_clip = clip_loss(img, txt, scale, y)
             n_neg = int(2 ** torch.randint(1, int(math.log2(cfg.num_negatives)) + 1, (), generator=g))
             l_rew = []
+            goal_logits, goal_y = logits[:, :n_goals], y[:, :n_goals]  # the reward scores goals only
             for e in env.unique():
                 rows = env == e
-                cand = env_cand[e]
+                cand = env_cand[e, :n_goals]
                 if cand.sum() < 2:  # a single training goal (classic control): negatives from all domains
                     cand = torch.ones_like(cand)
                 cand = cand.expand(int(rows.sum()), -1)
-                q, negs, valid = sample_goal_sets(y[rows], cand, cfg.num_queries,
+                q, negs, valid = sample_goal_sets(goal_y[rows], cand, cfg.num_queries,
                                                   min(n_neg, int(cand[0].sum()) - 1), generator=g,
-                                                  scores=logits[rows].detach(), num_hard=cfg.hard_queries)
-                l_rew.append(reward_bce(logits[rows], y[rows], q, negs, valid) * rows.float().mean())
+                                                  scores=goal_logits[rows].detach(), num_hard=cfg.hard_queries)
+                l_rew.append(reward_bce(goal_logits[rows], goal_y[rows], q, negs, valid) * rows.float().mean())
             l_rew = torch.stack(l_rew).sum()
             l_sig = (family_sigmoid(logits, y, env_cand[env], sig_bias) if cfg.sigmoid_weight
                      else logits.sum() * 0.0)
