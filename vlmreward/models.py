@@ -39,6 +39,8 @@ CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 RANDOM = "random"
 
+import vlmreward.towers  # noqa: E402,F401  (registers the timm towers the configs below name)
+
 if MODEL_CONFIG_DIR.is_dir():
     open_clip.add_model_config(MODEL_CONFIG_DIR)
 

@@ -35,15 +35,15 @@ from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_gen
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 from vlmreward.pretrain.text import CaptionEncoder
 
-DEFAULT_MODEL = "VLMR-ViT-T-12-84-MiniLM"
+DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
 
 
 @dataclass
 class PretrainConfig:
     """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
     model: str = DEFAULT_MODEL
-    epochs: int = 6
-    steps_per_epoch: int = 160
+    epochs: int = 5
+    steps_per_epoch: int = 400
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -51,11 +51,11 @@ class PretrainConfig:
     num_negatives: int = 8          # reward loss: negatives per query, sampled from (2, 4, ..., num_negatives)
     num_queries: int = 8            # reward loss: query goals per frame
     clip_weight: float = 0.5        # weight of the contrastive term beside the reward term
-    hard_queries: int = 0           # reward loss: of the num_queries, this many are the frame's highest-scoring
-                                    # goals that do not hold (within-family hard negatives; 0 = v1 recipe)
-    sigmoid_weight: float = 0.0     # weight of the per-goal sigmoid loss within the family (0 = v1 recipe)
-    attribute_captions: bool = False  # also train partial goals ("go to the red object", "go to the key";
-                                      # captions.attribute_captions) in the contrastive and sigmoid terms
+    hard_queries: int = 3           # reward loss: of the num_queries, this many are the frame's highest-scoring
+                                    # goals that do not hold (within-family hard negatives; v1: 0)
+    sigmoid_weight: float = 1.0     # weight of the per-goal sigmoid loss within the family (v1: 0)
+    attribute_captions: bool = True  # also train partial goals ("go to the red object", "go to the key";
+                                     # captions.attribute_captions) in the contrastive and sigmoid terms (v1-2: off)
     init: str = ""                  # warm start: a hub directory (e.g. vlmreward/assets/default) to load first
     positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
@@ -228,8 +228,8 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     env_cand = np.zeros((len(train_ds.env_ids), len(train_cols)), dtype=bool)
     for e, cols in enumerate(train_ds.env_goals):
         env_cand[e, [i for i, c in enumerate(train_cols) if c in set(cols)]] = True
-    if cfg.attribute_captions:
-        attrs = attribute_captions(train_ds.goals)
+    attrs = attribute_captions(train_ds.goals) if cfg.attribute_captions else {}
+    if attrs:  # none without household goals
         cols = [[train_ds.goals.index(g) for g in covered] for covered in attrs.values()]
         goals += list(attrs)
         labels.append(np.stack([train_ds.labels[:, c].any(1) for c in cols], 1))
