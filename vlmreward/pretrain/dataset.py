@@ -102,12 +102,13 @@ def default_recipe(split: str = "train", image_size: int = 84, scale: float = 1.
     # the test split (offline evaluation) plays 3x more classic-control episodes: the flag is reached once
     # per successful MountainCar episode, so positives are otherwise too few for a stable AP
     c = 3 if split == "test" else 1
+    states = {"vlmreward/Find-v0": {"random_states": n(15000)}, "vlmreward/Lift-v0": {"random_states": n(15000)},
+              "vlmreward/PickPlace-v0": {"random_states": n(20000)}} if split == "train" else {}
     return DataConfig(
         episodes=n(600), max_steps=100, image_size=image_size, split=split, random_states=0,
         env_overrides={
-            "vlmreward/Find-v0": {"random_states": n(15000) if split == "train" else 0},
-            "vlmreward/Lift-v0": {"random_states": n(15000) if split == "train" else 0},
-            "vlmreward/PickPlace-v0": {"episodes": n(400), "random_states": n(20000) if split == "train" else 0},
+            **states,
+            "vlmreward/PickPlace-v0": {"episodes": n(400), **states.get("vlmreward/PickPlace-v0", {})},
             "vlmreward/CartPoleUpright-v0": {"episodes": n(100 * c), "max_steps": 300, "frame_stride": 5,
                                              "random_states": n(3000) if split == "train" else 0},
             "vlmreward/MountainCarFlag-v0": {"episodes": n(100 * c), "max_steps": 200, "frame_stride": 4,
