@@ -165,3 +165,28 @@ def test_episode_end_defaults(tiny_clip_dir):
     assert find.env_kwargs == {"frame_size": 64}  # rendered at the reward model's input size
     assert cart.env_kwargs == {}
     assert set(find.train_goals).isdisjoint(find.heldout_goals) and find.reward_model is not None
+
+
+
+def test_goal_attention_agent_depends_on_the_goal():
+    """The goal-attention pixel agent: the same frame under two goals gives different policies and values, and
+    the queries get gradients; a checkpoint of the older layout (patchify inside ``stem``) still loads."""
+    torch.manual_seed(0)
+    emb = torch.randn(5, 16)
+    agent = Agent((84, 84, 3), 3, emb, train_goal_ids=[0, 1, 2], goal_heads=4)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 84, 84, 3), dtype=np.uint8)
+    x = agent.prepare(frames)
+    assert x.shape == (2, 3, 56, 56)
+    a = torch.zeros(2, dtype=torch.int64)
+    _, lp0, _, v0 = agent(x, torch.tensor([0, 0]), a)
+    _, lp1, _, v1 = agent(x, torch.tensor([1, 1]), a)
+    assert not torch.allclose(lp0, lp1) and not torch.allclose(v0, v1)
+    (lp0.sum() + v0.sum()).backward()
+    assert agent.encoder.query.weight.grad.abs().sum() > 0
+    plain = Agent((84, 84, 3), 3, emb)
+    old = {k.replace("encoder.stem.0.", "encoder.stem.2.").replace("encoder.patchify.0.", "encoder.stem.0."): v
+           for k, v in plain.state_dict().items()}
+    assert "encoder.stem.2.weight" in old and not any(k.startswith("encoder.patchify") for k in old)
+    reloaded = Agent((84, 84, 3), 3, emb)
+    reloaded.load_state_dict(old)
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in plain.state_dict().items())

@@ -45,23 +45,39 @@ class SpatialSoftmax(nn.Module):
 class PixelEncoder(nn.Module):
     """uint8 frames (B,H,W,3) + goal embedding (B,E) -> features (B,hidden).
 
-    Patchify convolution (one patch per grid cell), 3x3 convolution, FiLM by the goal, 3x3 convolutions, then
-    keypoints (spatial softmax), a global max-pool of the feature maps and the projected goal into an MLP."""
+    Patchify convolution (one patch per grid cell), optionally ``goal_heads`` goal-attention maps (the dot
+    product of K linear queries of the goal with every cell's patch features, appended as channels and
+    summarised by their keypoints), 3x3 convolution, FiLM by the goal, 3x3 convolutions, then keypoints (spatial
+    softmax), a global max-pool of the feature maps and the projected goal into an MLP."""
 
     def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 8, channels: int = 64,
-                 hidden: int = 256):
+                 hidden: int = 256, goal_heads: int = 0):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
         self.image_size = image_size
-        self.stem = nn.Sequential(layer_init(nn.Conv2d(3, channels, patch, stride=patch)), nn.ReLU(),
-                                  layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU())
+        self.goal_heads = goal_heads if goal_dim else 0
+        k = self.goal_heads
+        self.patchify = nn.Sequential(layer_init(nn.Conv2d(3, channels, patch, stride=patch)), nn.ReLU())
+        # goal attention over cells: K goal queries, dot products with every cell's content -> K match maps
+        self.query = layer_init(nn.Linear(goal_dim, k * channels), std=1.0) if k else None
+        self.stem = nn.Sequential(layer_init(nn.Conv2d(channels + k, channels, 3, padding=1)), nn.ReLU())
         self.film = layer_init(nn.Linear(goal_dim, 2 * channels), std=0.1) if goal_dim else None
         self.conv = nn.Sequential(layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(),
                                   layer_init(nn.Conv2d(channels, channels, 3, padding=1)))
         self.keypoints = SpatialSoftmax()
         self.goal_proj = layer_init(nn.Linear(goal_dim, channels)) if goal_dim else None
-        self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels, hidden)), nn.ReLU())
+        self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels + 2 * k, hidden)), nn.ReLU())
+        self._register_load_state_dict_pre_hook(self._rename_old_keys)
+
+    @staticmethod
+    def _rename_old_keys(state_dict, prefix, *args):
+        """Checkpoints from before the goal attention: ``stem`` held the patchify convolution (stem.0) and the
+        first 3x3 convolution (stem.2)."""
+        if prefix + "stem.2.weight" in state_dict and prefix + "patchify.0.weight" not in state_dict:
+            for name in ("weight", "bias"):
+                state_dict[prefix + "patchify.0." + name] = state_dict.pop(prefix + "stem.0." + name)
+                state_dict[prefix + "stem.0." + name] = state_dict.pop(prefix + "stem.2." + name)
 
     @torch.no_grad()
     def prepare(self, frames) -> torch.Tensor:
@@ -70,12 +86,20 @@ class PixelEncoder(nn.Module):
                                     std=(1.0, 1.0, 1.0), resize_mode="squash", interpolation="bilinear")
 
     def forward(self, pixels: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        x = self.stem(pixels)
+        cells = self.patchify(pixels)
+        parts = []
+        if self.query is not None:
+            b, c = cells.shape[:2]
+            q = self.query(goal).view(b, self.goal_heads, c)
+            match = torch.einsum("bchw,bkc->bkhw", cells, q) / c ** 0.5
+            cells = torch.cat([cells, match], dim=1)
+            parts.append(self.keypoints(match))
+        x = self.stem(cells)
         if self.film is not None:
             gamma, beta = self.film(goal).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
             x = x * (1 + gamma) + beta
         x = self.conv(x)
-        parts = [self.keypoints(x), x.amax(dim=(2, 3))]
+        parts += [self.keypoints(x), x.amax(dim=(2, 3))]
         if self.goal_proj is not None:
             parts.append(torch.relu(self.goal_proj(goal)))
         return self.mlp(torch.cat(parts, dim=1))
@@ -115,7 +139,7 @@ class Agent(nn.Module):
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
-                 channels: int = 64, hidden: int = 256):
+                 channels: int = 64, hidden: int = 256, goal_heads: int = 0):
         super().__init__()
         goal_embeddings = torch.as_tensor(goal_embeddings, dtype=torch.float32).detach().clone()
         if goal_embeddings.dim() != 2 or goal_embeddings.shape[0] < 1:
@@ -131,7 +155,7 @@ class Agent(nn.Module):
         self.critic_encoder = None
         if len(shape) == 3 and shape[-1] == 3:
             self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, channels=channels,
-                                        hidden=hidden)
+                                        hidden=hidden, goal_heads=goal_heads)
             hidden_out = hidden
         elif len(shape) == 1:
             self.encoder = StateEncoder(shape[0], goal_dim)

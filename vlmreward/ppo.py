@@ -70,6 +70,8 @@ class Args:
     patch: int = _f(8, "patch size of the policy's first convolution (one grid cell of the 7x7 rooms)")
     channels: int = _f(64, "convolution channels of the pixel policy")
     hidden: int = _f(256, "hidden units of the pixel policy")
+    goal_heads: int = _f(0, "goal-attention queries of the pixel policy: match maps of the goal against every "
+                            "cell's content (0: FiLM only)")
     # --- PPO (CleanRL defaults) ---
     learning_rate: float = _f(1e-3, "Adam learning rate")
     anneal_lr: bool = _f(True, "linearly anneal the learning rate to 0")
@@ -545,7 +547,8 @@ def train(args: Args) -> dict:
     task = Task(args, device)
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
-                  patch=args.patch, channels=args.channels, hidden=args.hidden).to(device)
+                  patch=args.patch, channels=args.channels, hidden=args.hidden,
+                  goal_heads=args.goal_heads).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     if state is not None:
         agent.load_state_dict(state["agent"])

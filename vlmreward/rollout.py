@@ -57,7 +57,7 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
                              f"{names[0]!r})")
     agent = Agent(state["observation_shape"], state["num_actions"], state["agent"]["goal_embeddings"],
                   image_size=args.image_size, patch=args.patch, channels=args.channels,
-                  hidden=args.hidden)
+                  hidden=args.hidden, goal_heads=args.goal_heads)
     agent.load_state_dict(state["agent"])
     agent.eval()
 
