@@ -29,7 +29,7 @@ def model():
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     if (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
         return load_model("default")
-    return load_model("VLMR-ViT-T-12-84-MiniLM", "random")
+    return load_model("VLMR-ConvMixer-256-4-84-MiniLM", "random")
 
 
 def _frames(env_id: str) -> np.ndarray:

@@ -42,7 +42,7 @@ DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
 class PretrainConfig:
     """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
     model: str = DEFAULT_MODEL
-    epochs: int = 5
+    epochs: int = 10
     steps_per_epoch: int = 400
     batch_size: int = 128
     lr: float = 1e-3
