@@ -229,7 +229,9 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     for e, cols in enumerate(train_ds.env_goals):
         env_cand[e, [i for i, c in enumerate(train_cols) if c in set(cols)]] = True
     attrs = attribute_captions(train_ds.goals) if cfg.attribute_captions else {}
-    if attrs:  # none without household goals
+    # a partial goal that holds on no training frame would only be an extra negative: leave it out
+    attrs = {a: cov for a, cov in attrs.items() if train_ds.labels[:, [train_ds.goals.index(g) for g in cov]].any()}
+    if attrs:  # none without household frames
         cols = [[train_ds.goals.index(g) for g in covered] for covered in attrs.values()]
         goals += list(attrs)
         labels.append(np.stack([train_ds.labels[:, c].any(1) for c in cols], 1))
