@@ -239,3 +239,23 @@ def test_vector_goal_sampler_reaches_sub_envs(tiny_model, cartpole_bank):
         seen.update(base_goals)
         obs, _, terminated, truncated, info = env.step(np.zeros(3, np.int64))  # push left: episodes end fast
     assert seen == set(choices)
+
+
+def test_vector_score_all_goals_matches_per_goal_rewards(tiny_model, find_bank, mixed_threshold):
+    """score_all_goals: same rewards and episode ends as the per-goal call; every goal's reward in info."""
+    rm = RewardModel(tiny_model, find_bank, threshold=mixed_threshold)
+    ours = VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=ROLLOUT["num_envs"], **SMALL), rm, score_all_goals=True)
+    ref = _rollout(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=ROLLOUT["num_envs"], **SMALL), rm))
+    obs, _ = ours.reset(seed=ROLLOUT["seed"])
+    done_before = np.zeros(ROLLOUT["num_envs"], bool)
+    for t, a in enumerate(_actions()):
+        obs, reward, terminated, truncated, info = ours.step(a)
+        np.testing.assert_array_equal(reward, ref["reward"][t])
+        np.testing.assert_array_equal(terminated, ref["terminated"][t])
+        all_r = info["vlm_rewards_all"]
+        assert all_r.shape == (ROLLOUT["num_envs"], len(find_bank))
+        np.testing.assert_array_equal(all_r[np.arange(len(reward)), obs["goal_id"]], reward)
+        assert not all_r[done_before].any()  # reset steps: no reward for any goal
+        active = ~done_before
+        np.testing.assert_array_equal(all_r[active], rm(obs["observation"][active]).rewards.numpy())
+        done_before = terminated | truncated

@@ -87,6 +87,13 @@ class Args:
     vf_coef: float = _f(0.5, "value loss coefficient")
     max_grad_norm: float = _f(0.5, "global gradient-norm clip")
     target_kl: float | None = _f(None, "stop the epochs early above this approximate KL")
+    # --- hindsight relabelling (beyond the paper) ---
+    hindsight_coef: float = _f(0.0, "weight of goal-relabelled behaviour cloning: the actions of the last "
+                                     "hindsight_window steps before a frame where a TRAINING goal is rewarded "
+                                     "(by the trained reward: VLM or ground truth) are imitated for that goal "
+                                     "(0: off)")
+    hindsight_window: int = _f(4, "steps before an achieved goal whose actions are relabelled with it")
+    hindsight_decay: float = _f(0.7, "weight decay per step back from the achieved goal")
     # --- evaluation, logging, checkpoints ---
     eval_interval: int = _f(10, "evaluate every this many iterations (0: only at the end)")
     eval_episodes: int = _f(24, "evaluation episodes on training goals and on held-out goals each")
@@ -184,7 +191,7 @@ def check_args(args: Args) -> Args:
     if args.vectorization_mode not in ("sync", "async"):
         raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {args.vectorization_mode!r}")
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "image_size",
-                 "patch", "channels", "hidden"):
+                 "patch", "channels", "hidden", "hindsight_window"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
@@ -192,6 +199,9 @@ def check_args(args: Args) -> Args:
                          f"num_minibatches ({args.num_minibatches})")
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {args.threshold}")
+    if args.hindsight_coef < 0 or not 0.0 < args.hindsight_decay <= 1.0:
+        raise ValueError(f"hindsight_coef must be >= 0 and hindsight_decay in (0, 1], got {args.hindsight_coef}, "
+                         f"{args.hindsight_decay}")
     return args
 
 
@@ -304,7 +314,7 @@ def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync"):
     if task.reward_model is not None:
         from vlmreward.wrappers import VectorVLMRewardWrapper
         envs = VectorVLMRewardWrapper(envs, task.reward_model, terminate_on_success=task.terminate_on_success,
-                                      keep_env_reward=True)
+                                      keep_env_reward=True, score_all_goals=args.hindsight_coef > 0)
     return envs
 
 
@@ -315,6 +325,45 @@ def _split_obs(task: Task, obs, infos, num_envs: int):
     if task.language:
         return obs, torch.tensor([task.goal_id(g) for g in infos["goal"]], dtype=torch.int64)
     return obs, torch.zeros(num_envs, dtype=torch.int64)
+
+
+def achieved_goals(task: Task, envs, infos, goal_ids: list[int], num_envs: int) -> np.ndarray:
+    """bool (B, len(goal_ids)): which of ``goal_ids`` the trained reward rewards on the frame after the action.
+
+    VLM mode: the binary VLM reward of every goal (``info["vlm_rewards_all"]``, one model call); ground-truth
+    mode: the environments' own ``goal_success``. Only these are used for relabelling, so each mode learns
+    from its own reward and nothing else.
+    """
+    if task.reward_model is not None:
+        return np.asarray(infos["vlm_rewards_all"])[:, goal_ids] > 0
+    goals = [task.bank.goals[g] for g in goal_ids]
+    return np.stack([np.asarray(envs.call("goal_success", g), dtype=bool) for g in goals], axis=1)
+
+
+def hindsight_samples(achieved: torch.Tensor, valid: torch.Tensor, ended: torch.Tensor, goal_ids: torch.Tensor,
+                      window: int, decay: float):
+    """Goal relabelling (Andrychowicz et al., arXiv 1707.01495; as supervised learning: Ghosh et al., GCSL,
+    arXiv 1912.06088): every step s of an episode whose next ``window`` steps reach a frame where training goal
+    g is rewarded becomes an example of acting for g.
+
+    achieved bool (T,B,G'); valid, ended float (T,B) (rollout buffers: step t valid = not a reset step, ended =
+    the episode ended at t); goal_ids int64 (G',) the bank ids of the G' columns. Returns (t, b, goal, weight)
+    1-d tensors: buffer indices, the relabelled goal's bank id and ``decay ** (steps to the goal)``; for each
+    (s, b, g) only the nearest achievement counts.
+    """
+    T = achieved.shape[0]
+    best = torch.full(achieved.shape, -1.0)  # weight of the nearest later achievement within the window
+    ach = achieved.bool() & valid.bool()[..., None]
+    alive = torch.ones(valid.shape, dtype=torch.bool)  # no episode end between s and s + k - 1
+    for k in range(min(window, T)):
+        src = ach[k:]  # achievement at step s + k
+        if k:  # the episode must not end at s, ..., s + k - 1
+            alive = alive[:T - k] & (ended[k - 1:T - 1] == 0)
+        hit = src & alive[..., None] & valid.bool()[:T - k, :, None]
+        w = torch.where(hit, torch.tensor(decay ** k), torch.tensor(-1.0))
+        best[:T - k] = torch.maximum(best[:T - k], w)
+    t, b, g = torch.nonzero(best > 0, as_tuple=True)
+    return t, b, goal_ids[g], best[t, b, g]
 
 
 def _info(infos, key, num_envs, default=0.0):
@@ -579,6 +628,8 @@ def train(args: Args) -> dict:
     ended = torch.zeros((T, B), device=device)
     valid = torch.zeros((T, B), device=device)
     values = torch.zeros((T, B), device=device)
+    hindsight_ids = [task.goal_id(g) for g in task.train_goals] if args.hindsight_coef > 0 and task.language else []
+    achieved = torch.zeros((T, B, len(hindsight_ids)), dtype=torch.bool)
 
     ep = {k: np.zeros(B) for k in ("return", "vlm_return", "gt_return", "length", "success")}
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
@@ -620,6 +671,8 @@ def train(args: Args) -> dict:
             done = np.logical_or(term, trunc)
             prev_done = next_done.cpu().numpy()
             rewards[step] = torch.as_tensor(np.asarray(reward), dtype=torch.float32, device=device)
+            if hindsight_ids:
+                achieved[step] = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids, B))
             terminated[step] = torch.as_tensor(term, dtype=torch.float32, device=device)
             ended[step] = torch.as_tensor(done, dtype=torch.float32, device=device)
             raw, goal_ids = _split_obs(task, obs, infos, B)
@@ -658,6 +711,12 @@ def train(args: Args) -> dict:
         b_adv, b_returns, b_values, b_valid = (advantages.reshape(-1), returns.reshape(-1), values.reshape(-1),
                                                  valid.reshape(-1))
         clipfracs, approx_kl, old_approx_kl = [], torch.zeros(()), torch.zeros(())
+        hs = None
+        if hindsight_ids:  # relabelled (step, env, goal, weight) examples of this rollout
+            hs = hindsight_samples(achieved, valid.cpu(), ended.cpu(), torch.tensor(hindsight_ids),
+                                   args.hindsight_window, args.hindsight_decay)
+            logger.log("hindsight/examples", float(len(hs[0])), global_step)
+        hs_loss = torch.zeros(())
         pg_loss = v_loss = entropy_loss = torch.zeros(())
         for epoch in range(args.update_epochs):
             order = torch.randperm(batch_size, device=device)
@@ -669,7 +728,17 @@ def train(args: Args) -> dict:
                 def mmean(v):
                     return (v * m).sum() / n
 
-                _, newlogprob, entropy, newvalue = learner(b_x[mb], b_goal[mb], b_actions[mb])
+                x_mb, g_mb, a_mb = b_x[mb], b_goal[mb], b_actions[mb]
+                if hs is not None and len(hs[0]):  # goal-relabelled examples ride in the same forward (DDP)
+                    pick = torch.randint(len(hs[0]), (min(len(hs[0]), minibatch_size),))
+                    ht, hb, hg, hw = (v[pick].to(device) for v in hs)
+                    x_mb, g_mb = torch.cat([x_mb, x_buf[ht, hb]]), torch.cat([g_mb, hg])
+                    a_mb = torch.cat([a_mb, actions[ht, hb]])
+                _, newlogprob, entropy, newvalue = learner(x_mb, g_mb, a_mb)
+                if len(x_mb) > len(mb):
+                    h_logprob = newlogprob[len(mb):]
+                    hs_loss = -(hw * h_logprob).sum() / hw.sum()
+                    newlogprob, entropy, newvalue = newlogprob[:len(mb)], entropy[:len(mb)], newvalue[:len(mb)]
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -690,6 +759,8 @@ def train(args: Args) -> dict:
                     v_loss = 0.5 * mmean((newvalue - b_returns[mb]) ** 2)
                 entropy_loss = mmean(entropy)
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                if len(x_mb) > len(mb):  # goal-relabelled behaviour cloning
+                    loss = loss + args.hindsight_coef * hs_loss
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -714,6 +785,8 @@ def train(args: Args) -> dict:
         logger.log("losses/approx_kl", approx_kl.item(), global_step)
         logger.log("losses/clipfrac", float(np.mean(clipfracs)), global_step)
         logger.log("losses/explained_variance", explained_var, global_step)
+        if hs is not None:
+            logger.log("losses/hindsight_bc", hs_loss.item(), global_step)
         logger.log("perf/steps_per_second", sps, global_step)
 
         last = iteration == num_iterations

@@ -202,11 +202,15 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
 
     Goals: None reads each sub-env's goal from ``info["goal"]``; a string or ``callable(rng)`` sets the
     sub-envs' ``goal_pool`` (vlmreward envs sample their next goal from it) before each reset.
+    ``score_all_goals``: the same single model call scores every goal of the bank (the image tower runs once
+    per frame either way) and ``info["vlm_rewards_all"]`` (B, G) float64 holds the binary reward of each
+    goal (0 on reset steps): which goals the frame achieves, for hindsight relabelling.
     Raises ValueError for another autoreset mode, an env without frames, goals outside the goal bank.
     """
 
     def __init__(self, env: gym.vector.VectorEnv, reward_model, goal: None | str | Callable = None, *,
-                 terminate_on_success: bool = True, keep_env_reward: bool = True, goal_embedding: bool = False):
+                 terminate_on_success: bool = True, keep_env_reward: bool = True, goal_embedding: bool = False,
+                 score_all_goals: bool = False):
         VectorWrapper.__init__(self, env)
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
@@ -220,6 +224,7 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.terminate_on_success = bool(terminate_on_success)
         self.keep_env_reward = bool(keep_env_reward)
+        self.score_all_goals = bool(score_all_goals)
         n = self.num_envs
         self.goals = np.full(n, None, dtype=object)
         self._needs_reset = np.zeros(n, bool)  # next step is a reset step (base or VLM termination)
@@ -268,8 +273,15 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
 
         probs = np.zeros(self.num_envs)
         rewards = np.zeros(self.num_envs)
+        rewards_all = np.zeros((self.num_envs, len(self.reward_model.bank))) if self.score_all_goals else None
         active = ~reset_step
-        if active.any():
+        if active.any() and self.score_all_goals:
+            out = self.reward_model(_check_frames(np.asarray(frames)[active]))  # (b, G): every goal
+            p_all, r_all = (t.detach().double().cpu().numpy() for t in (out.probs, out.rewards))
+            own = goal_ids[active]
+            probs[active], rewards[active] = p_all[np.arange(len(own)), own], r_all[np.arange(len(own)), own]
+            rewards_all[active] = r_all
+        elif active.any():
             probs[active], rewards[active] = self._score(np.asarray(frames)[active], goal_ids[active])
         success = active & (probs > self.reward_model.threshold)
         if self.terminate_on_success:
@@ -285,4 +297,6 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
             info["_gt_success"] = ones
         if self.keep_env_reward:
             info["env_reward"], info["_env_reward"] = np.asarray(env_rewards, np.float64), ones
+        if rewards_all is not None:
+            info["vlm_rewards_all"], info["_vlm_rewards_all"] = rewards_all, ones
         return self._policy_obs(obs, goal_ids), rewards, terminated, truncated, info
