@@ -353,13 +353,13 @@ def hindsight_samples(achieved: torch.Tensor, valid: torch.Tensor, ended: torch.
     """
     T = achieved.shape[0]
     best = torch.full(achieved.shape, -1.0)  # weight of the nearest later achievement within the window
-    ach = achieved.bool() & valid.bool()[..., None]
-    alive = torch.ones(valid.shape, dtype=torch.bool)  # no episode end between s and s + k - 1
+    live = valid.bool()  # not a reset step
+    ach = achieved.bool() & live[..., None]
+    alive = live.clone()  # step s valid and no episode end at s, ..., s + k - 1
     for k in range(min(window, T)):
-        src = ach[k:]  # achievement at step s + k
-        if k:  # the episode must not end at s, ..., s + k - 1
+        if k:
             alive = alive[:T - k] & (ended[k - 1:T - 1] == 0)
-        hit = src & alive[..., None] & valid.bool()[:T - k, :, None]
+        hit = ach[k:] & alive[..., None]  # achievement at step s + k
         w = torch.where(hit, torch.tensor(decay ** k), torch.tensor(-1.0))
         best[:T - k] = torch.maximum(best[:T - k], w)
     t, b, g = torch.nonzero(best > 0, as_tuple=True)
@@ -711,11 +711,12 @@ def train(args: Args) -> dict:
         b_adv, b_returns, b_values, b_valid = (advantages.reshape(-1), returns.reshape(-1), values.reshape(-1),
                                                  valid.reshape(-1))
         clipfracs, approx_kl, old_approx_kl = [], torch.zeros(()), torch.zeros(())
-        hs = None
+        hs, n_hs = None, 0
         if hindsight_ids:  # relabelled (step, env, goal, weight) examples of this rollout
             hs = hindsight_samples(achieved, valid.cpu(), ended.cpu(), torch.tensor(hindsight_ids),
                                    args.hindsight_window, args.hindsight_decay)
-            logger.log("hindsight/examples", float(len(hs[0])), global_step)
+            n_hs = len(hs[0])
+            logger.log("hindsight/examples", float(n_hs), global_step)
         hs_loss = torch.zeros(())
         pg_loss = v_loss = entropy_loss = torch.zeros(())
         for epoch in range(args.update_epochs):
@@ -729,15 +730,14 @@ def train(args: Args) -> dict:
                     return (v * m).sum() / n
 
                 x_mb, g_mb, a_mb = b_x[mb], b_goal[mb], b_actions[mb]
-                if hs is not None and len(hs[0]):  # goal-relabelled examples ride in the same forward (DDP)
-                    pick = torch.randint(len(hs[0]), (min(len(hs[0]), minibatch_size),))
+                if n_hs:  # goal-relabelled examples ride in the same forward (one DDP call)
+                    pick = torch.randint(n_hs, (min(n_hs, minibatch_size),))
                     ht, hb, hg, hw = (v[pick].to(device) for v in hs)
                     x_mb, g_mb = torch.cat([x_mb, x_buf[ht, hb]]), torch.cat([g_mb, hg])
                     a_mb = torch.cat([a_mb, actions[ht, hb]])
                 _, newlogprob, entropy, newvalue = learner(x_mb, g_mb, a_mb)
-                if len(x_mb) > len(mb):
-                    h_logprob = newlogprob[len(mb):]
-                    hs_loss = -(hw * h_logprob).sum() / hw.sum()
+                if n_hs:
+                    hs_loss = -(hw * newlogprob[len(mb):]).sum() / hw.sum()
                     newlogprob, entropy, newvalue = newlogprob[:len(mb)], entropy[:len(mb)], newvalue[:len(mb)]
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
@@ -759,7 +759,7 @@ def train(args: Args) -> dict:
                     v_loss = 0.5 * mmean((newvalue - b_returns[mb]) ** 2)
                 entropy_loss = mmean(entropy)
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                if len(x_mb) > len(mb):  # goal-relabelled behaviour cloning
+                if n_hs:  # goal-relabelled behaviour cloning
                     loss = loss + args.hindsight_coef * hs_loss
                 optimizer.zero_grad()
                 loss.backward()
@@ -785,7 +785,7 @@ def train(args: Args) -> dict:
         logger.log("losses/approx_kl", approx_kl.item(), global_step)
         logger.log("losses/clipfrac", float(np.mean(clipfracs)), global_step)
         logger.log("losses/explained_variance", explained_var, global_step)
-        if hs is not None:
+        if n_hs:
             logger.log("losses/hindsight_bc", hs_loss.item(), global_step)
         logger.log("perf/steps_per_second", sps, global_step)
 

@@ -75,11 +75,14 @@ class _GoalMixin:
         return out
 
     @torch.inference_mode()
-    def _score(self, frames: np.ndarray, goal_ids: np.ndarray):
-        """VLM probabilities and rewards, float64 numpy (B,), in ONE reward-model call."""
-        out = self.reward_model(_check_frames(frames), torch.as_tensor(goal_ids, dtype=torch.int64))
-        return (out.probs.detach().double().cpu().numpy().reshape(-1),
-                out.rewards.detach().double().cpu().numpy().reshape(-1))
+    def _score(self, frames: np.ndarray, goal_ids: np.ndarray | None):
+        """VLM probabilities and rewards, float64 numpy, in ONE reward-model call: (B,) for goal_ids (B,),
+        (B, G) for every goal of the bank when goal_ids is None."""
+        ids = None if goal_ids is None else torch.as_tensor(goal_ids, dtype=torch.int64)
+        out = self.reward_model(_check_frames(frames), ids)
+        shape = (len(out.probs), -1) if goal_ids is None else (-1,)
+        return (out.probs.detach().double().cpu().numpy().reshape(shape),
+                out.rewards.detach().double().cpu().numpy().reshape(shape))
 
 
 class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
@@ -275,12 +278,10 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
         rewards = np.zeros(self.num_envs)
         rewards_all = np.zeros((self.num_envs, len(self.reward_model.bank))) if self.score_all_goals else None
         active = ~reset_step
-        if active.any() and self.score_all_goals:
-            out = self.reward_model(_check_frames(np.asarray(frames)[active]))  # (b, G): every goal
-            p_all, r_all = (t.detach().double().cpu().numpy() for t in (out.probs, out.rewards))
-            own = goal_ids[active]
-            probs[active], rewards[active] = p_all[np.arange(len(own)), own], r_all[np.arange(len(own)), own]
-            rewards_all[active] = r_all
+        if active.any() and self.score_all_goals:  # same single call, every goal; own goal's column picked
+            p_all, rewards_all[active] = self._score(np.asarray(frames)[active], None)
+            rows, own = np.arange(int(active.sum())), goal_ids[active]
+            probs[active], rewards[active] = p_all[rows, own], rewards_all[active][rows, own]
         elif active.any():
             probs[active], rewards[active] = self._score(np.asarray(frames)[active], goal_ids[active])
         success = active & (probs > self.reward_model.threshold)

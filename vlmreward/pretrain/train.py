@@ -224,21 +224,17 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     goals = [train_ds.goals[c] for c in train_cols]
     n_goals = len(goals)  # caption columns [0, n_goals) are goals; after them, partial goals (no reward term)
     labels = [train_ds.labels[:, train_cols]]
-    env_of_goal = {g: e for e, cols in enumerate(train_ds.env_goals) for g in (train_ds.goals[c] for c in cols)}
-    env_cand = np.zeros((len(train_ds.env_ids), len(train_cols)), dtype=bool)
-    for e, cols in enumerate(train_ds.env_goals):
-        env_cand[e, [i for i, c in enumerate(train_cols) if c in set(cols)]] = True
-    attrs = attribute_captions(train_ds.goals) if cfg.attribute_captions else {}
+    env_cand = np.stack([np.isin(train_cols, cols) for cols in train_ds.env_goals])  # (E, K) goals of each env
+    partial = attribute_captions(train_ds.goals) if cfg.attribute_captions else {}
+    partial = {a: [train_ds.goals.index(g) for g in covered] for a, covered in partial.items()}
     # a partial goal that holds on no training frame would only be an extra negative: leave it out
-    attrs = {a: cov for a, cov in attrs.items() if train_ds.labels[:, [train_ds.goals.index(g) for g in cov]].any()}
-    if attrs:  # none without household frames
-        cols = [[train_ds.goals.index(g) for g in covered] for covered in attrs.values()]
-        goals += list(attrs)
-        labels.append(np.stack([train_ds.labels[:, c].any(1) for c in cols], 1))
-        extra = np.zeros((len(train_ds.env_ids), len(attrs)), dtype=bool)
-        for k, covered in enumerate(attrs.values()):
-            extra[env_of_goal[covered[0]], k] = True
-        env_cand = np.concatenate([env_cand, extra], 1)
+    partial = {a: cols for a, cols in partial.items() if train_ds.labels[:, cols].any()}
+    if partial:  # none without household frames
+        goals += list(partial)
+        labels.append(np.stack([train_ds.labels[:, cols].any(1) for cols in partial.values()], 1))
+        # a partial goal belongs to the environment of the goals it covers
+        env_cand = np.concatenate([env_cand, np.stack([[cols[0] in env for cols in partial.values()]
+                                                       for env in train_ds.env_goals])], 1)
     captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
     labels_all = torch.from_numpy(np.concatenate(labels, 1))
     env_all = torch.from_numpy(train_ds.env_index)
