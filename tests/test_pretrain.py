@@ -287,14 +287,37 @@ def test_short_training_lowers_loss_and_beats_chance(tmp_path, tiny_name, small_
         torch.testing.assert_close(fresh.encode_image(x), model.encode_image(x))
 
 
-def test_attribute_captions_train_with_the_partial_goals(tmp_path, tiny_name, small_data):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attribute_captions_train_with_the_partial_goals(tmp_path, tiny_name, small_data, precision):
     from vlmreward.pretrain.train import PretrainConfig, train
     ds, val = small_data
     cfg = PretrainConfig(model=tiny_name, epochs=1, steps_per_epoch=3, batch_size=32, num_negatives=4,
                          eval_negatives=4, out=str(tmp_path / "a"), progress=False, sigmoid_weight=1.0,
-                         attribute_captions=True)
+                         attribute_captions=True, precision=precision, env_weights="Find=2")
     res = train(cfg, train_ds=ds, val_ds=val)
     assert all(math.isfinite(res["history"][0][k]) for k in ("loss", "clip", "reward", "sigmoid"))
+    # the exported weights are float32 whatever the training precision
+    model, _ = ckpt.load_hub_dir(tmp_path / "a" / "final")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_sampling_weights_give_each_environment_its_share(small_data):
+    from vlmreward.pretrain.train import parse_env_weights, sampling_weights
+    ds, _ = small_data
+    cols = np.flatnonzero(ds.train_goal_mask)
+    pos = ds.labels[:, cols].any(1)
+    for spec, shares in (("", [1 / 3] * 3), ("Find=2", [0.5, 0.25, 0.25]),
+                         ("vlmreward/MountainCarFlag-v0=3, CartPoleUpright=1", [0.2, 0.2, 0.6])):
+        w = sampling_weights(ds, cols, 0.4, spec).numpy()
+        assert w.sum() == pytest.approx(1.0)
+        for e, share in enumerate(shares):
+            m = ds.env_index == e
+            assert w[m].sum() == pytest.approx(share), (spec, e)
+            assert w[m & pos].sum() == pytest.approx(0.4 * share), (spec, e)
+    for bad, match in (("Lift=2", "bad item"), ("Find", "bad item"), ("Find=x", "not a number"),
+                       ("Find=0", "> 0"), ("Find=nan", "> 0")):
+        with pytest.raises(ValueError, match=match):
+            parse_env_weights(bad, ds.env_ids)
 
 
 def test_training_errors(tmp_path, tiny_name, small_data):
@@ -311,6 +334,8 @@ def test_training_errors(tmp_path, tiny_name, small_data):
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x80\x02garbage")
     with pytest.raises(ValueError, match="corrupt"):
         train(PretrainConfig(**{**cfg.__dict__, "resume": True}), train_ds=ds, val_ds=val)
+    with pytest.raises(ValueError, match="precision"):
+        train(PretrainConfig(**{**cfg.__dict__, "precision": "fp16"}), train_ds=ds, val_ds=val)
     with pytest.raises(ValueError, match="unknown model config"):
         train(PretrainConfig(**{**cfg.__dict__, "model": "no-such-config"}), train_ds=ds, val_ds=val)
     with pytest.raises(FileNotFoundError, match="init"):

@@ -61,6 +61,9 @@ class PretrainConfig:
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
     max_val_frames: int = 4000      # validation on an evenly strided subset (keeps epochs short)
     data_scale: float = 1.0         # multiplies the default recipe's episode counts
+    env_weights: str = ""          # share of each environment in a batch, e.g. "Lift=2,PickPlace=2.5" (unlisted: 1)
+    precision: str = "fp32"         # "bf16": the image tower runs under CPU/CUDA autocast to bfloat16 (weights,
+                                    # losses and the exported model stay float32; ~1.4x faster on AVX-512 CPUs)
     data_dir: str = "data/pretrain"
     out: str = "runs/pretrain"
     export: str = ""                # also write the final model here in open_clip hub layout
@@ -94,19 +97,44 @@ def to_pixels(frames_u8: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction: float) -> torch.Tensor:
-    """Per-frame weights: each environment gets an equal share, within it ``positive_fraction`` of frames
-    where a training goal holds (positives are rare in most environments)."""
+def parse_env_weights(spec: str, env_ids) -> np.ndarray:
+    """"Lift=2,PickPlace=2.5" -> one weight per environment of ``env_ids`` (unlisted: 1), summing to 1.
+
+    Names are environment families ("Lift") or full ids ("vlmreward/Lift-v0"). Raises ValueError for an
+    unknown name, a malformed item or a weight that is not a finite number > 0.
+    """
+    fams = [e.split("/")[-1].removesuffix("-v0") for e in env_ids]
+    w = np.ones(len(fams))
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip().split("/")[-1].removesuffix("-v0")
+        if not sep or name not in fams:
+            raise ValueError(f"env_weights: bad item {item!r}; expected NAME=WEIGHT with NAME in {fams}")
+        try:
+            w[fams.index(name)] = float(value)
+        except ValueError:
+            raise ValueError(f"env_weights: {value!r} in {item!r} is not a number") from None
+        if not (math.isfinite(w[fams.index(name)]) and w[fams.index(name)] > 0):
+            raise ValueError(f"env_weights: the weight of {name} must be finite and > 0, got {value}")
+    return w / w.sum()
+
+
+def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction: float,
+                     env_weights: str = "") -> torch.Tensor:
+    """Per-frame weights: each environment gets its share (equal, or per :func:`parse_env_weights`), within
+    it ``positive_fraction`` of frames where a training goal holds (positives are rare in most environments)."""
     pos = ds.labels[:, train_cols].any(1)
     w = np.zeros(len(ds))
-    envs = np.unique(ds.env_index)
-    for e in envs:
+    shares = parse_env_weights(env_weights, ds.env_ids)
+    present = np.unique(ds.env_index)
+    shares = shares / shares[present].sum()
+    for e in present:
         for flag, share in ((True, positive_fraction), (False, 1 - positive_fraction)):
             m = (ds.env_index == e) & (pos == flag)
             if m.any():
                 w[m] = share / m.sum()
         m = ds.env_index == e
-        w[m] /= w[m].sum() * len(envs)
+        w[m] *= shares[e] / w[m].sum()
     return torch.as_tensor(w)
 
 
@@ -217,8 +245,11 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     if train_ds.frames.shape[1] != size:
         raise ValueError(f"dataset frames are {train_ds.frames.shape[1]} px, model {cfg.model} needs {size}")
 
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
     model = build_model(cfg.model)
     model.train()
+    model.visual.to(memory_format=torch.channels_last)  # ~1.3-1.5x faster convolutions on CPU (oneDNN)
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
     train_cols = np.flatnonzero(train_ds.train_goal_mask)  # held-out goals never become captions
     goals = [train_ds.goals[c] for c in train_cols]
@@ -239,7 +270,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     labels_all = torch.from_numpy(np.concatenate(labels, 1))
     env_all = torch.from_numpy(train_ds.env_index)
     env_cand = torch.from_numpy(env_cand)
-    weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction)
+    weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction, cfg.env_weights)
 
     # training-only bias of the sigmoid term (not part of the exported model); starts at ~0.6 x logit_scale
     sig_bias = torch.nn.Parameter(torch.tensor(0.6 * float(model.logit_scale.detach().exp())))
@@ -278,7 +309,9 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             b = idx[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             pixels = to_pixels(torch.from_numpy(train_ds.frames[b.numpy()]), mean, std)
             y, env = labels_all[b], env_all[b]
-            img = F.normalize(model.encode_image(pixels), dim=-1)
+            with torch.autocast(pixels.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                img = model.encode_image(pixels.contiguous(memory_format=torch.channels_last))
+            img = F.normalize(img.float(), dim=-1)
             txt = captions(torch.randint(0, len(TRAIN_TEMPLATES), (len(goals),), generator=g))
             scale = model.logit_scale.exp()
             logits = scale * img @ txt.T
