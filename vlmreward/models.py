@@ -70,11 +70,6 @@ class VisionLanguageModel:
         self.precision = precision
         self.text_from_package = text_from_package
         self.open_clip_preprocess_cfg = dict(open_clip.model.get_model_preprocess_cfg(model))
-        # convolutional towers (timm, ModifiedResNet) run ~1.5x faster on CPU with NHWC activations (oneDNN);
-        # a ViT has one patch convolution and gains nothing
-        self.channels_last = not isinstance(model.visual, open_clip.transformer.VisionTransformer)
-        if self.channels_last:
-            model.visual.to(memory_format=torch.channels_last)
 
     def __repr__(self):
         return f"VisionLanguageModel({self.identity!r}, device={self.device}, embed_dim={self.embed_dim})"
@@ -128,10 +123,7 @@ class VisionLanguageModel:
         dtype (cast to the model's device and dtype)."""
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be a tensor (B, 3, S, S), got {getattr(pixels, 'shape', type(pixels))}")
-        pixels = pixels.to(self.device, self.dtype)
-        if self.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return self.model.encode_image(pixels).float()
+        return self.model.encode_image(pixels.to(self.device, self.dtype)).float()
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
