@@ -314,6 +314,15 @@ def test_sampling_weights_give_each_environment_its_share(small_data):
             m = ds.env_index == e
             assert w[m].sum() == pytest.approx(share), (spec, e)
             assert w[m & pos].sum() == pytest.approx(0.4 * share), (spec, e)
+    # zero-shot protocol: household frames where a held-out goal holds are never sampled
+    from vlmreward.pretrain.train import heldout_state_rows
+    rows = heldout_state_rows(ds)
+    heldout = [c for c in ds.env_goals[0] if not ds.train_goal_mask[c]]
+    np.testing.assert_array_equal(rows, (ds.env_index == 0) & ds.labels[:, heldout].any(1))  # Find only
+    assert 0 < rows.sum() < (ds.env_index == 0).sum()
+    w = sampling_weights(ds, cols, 0.4, "", exclude=rows).numpy()
+    assert (w[rows] == 0).all() and (w[~rows] > 0).all()
+    assert w[ds.env_index == 0].sum() == pytest.approx(1 / 3)
     for bad, match in (("Lift=2", "bad item"), ("Find", "bad item"), ("Find=x", "not a number"),
                        ("Find=0", "> 0"), ("Find=nan", "> 0")):
         with pytest.raises(ValueError, match=match):

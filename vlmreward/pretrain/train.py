@@ -61,6 +61,8 @@ class PretrainConfig:
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
     max_val_frames: int = 4000      # validation on an evenly strided subset (keeps epochs short)
     data_scale: float = 1.0         # multiplies the default recipe's episode counts
+    heldout_states: bool = True     # also train on household frames where a held-out goal holds (as negatives
+                                    # of the training goals); False: zero-shot protocol, such frames are never seen
     env_weights: str = ""          # share of each environment in a batch, e.g. "Lift=2,PickPlace=2.5" (unlisted: 1)
     precision: str = "fp32"         # "bf16": the image tower runs under CPU/CUDA autocast to bfloat16 (weights,
                                     # losses and the exported model stay float32; ~1.4x faster on AVX-512 CPUs)
@@ -119,10 +121,24 @@ def parse_env_weights(spec: str, env_ids) -> np.ndarray:
     return w / w.sum()
 
 
+def heldout_state_rows(ds: FrameDataset) -> np.ndarray:
+    """bool (N,): frames of the household families where a held-out goal holds (a held-out (colour, type)
+    pair faced, carried or placed). Classic control is left out: its held-out goals are other regions of the
+    same state space, needed as negatives of its training goal."""
+    from vlmreward.envs.household import FAMILIES
+    rows = np.zeros(len(ds), dtype=bool)
+    for e, env_id in enumerate(ds.env_ids):
+        if env_id.split("/")[-1].removesuffix("-v0").lower() in FAMILIES:
+            cols = [c for c in ds.env_goals[e] if not ds.train_goal_mask[c]]
+            rows |= (ds.env_index == e) & ds.labels[:, cols].any(1)
+    return rows
+
+
 def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction: float,
-                     env_weights: str = "") -> torch.Tensor:
+                     env_weights: str = "", exclude: np.ndarray | None = None) -> torch.Tensor:
     """Per-frame weights: each environment gets its share (equal, or per :func:`parse_env_weights`), within
-    it ``positive_fraction`` of frames where a training goal holds (positives are rare in most environments)."""
+    it ``positive_fraction`` of frames where a training goal holds (positives are rare in most environments).
+    Frames where ``exclude`` (bool (N,)) is set get weight 0."""
     pos = ds.labels[:, train_cols].any(1)
     w = np.zeros(len(ds))
     shares = parse_env_weights(env_weights, ds.env_ids)
@@ -131,6 +147,8 @@ def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction
     for e in present:
         for flag, share in ((True, positive_fraction), (False, 1 - positive_fraction)):
             m = (ds.env_index == e) & (pos == flag)
+            if exclude is not None:
+                m &= ~exclude
             if m.any():
                 w[m] = share / m.sum()
         m = ds.env_index == e
@@ -270,7 +288,8 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     labels_all = torch.from_numpy(np.concatenate(labels, 1))
     env_all = torch.from_numpy(train_ds.env_index)
     env_cand = torch.from_numpy(env_cand)
-    weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction, cfg.env_weights)
+    weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction, cfg.env_weights,
+                               exclude=None if cfg.heldout_states else heldout_state_rows(train_ds))
 
     # training-only bias of the sigmoid term (not part of the exported model); starts at ~0.6 x logit_scale
     sig_bias = torch.nn.Parameter(torch.tensor(0.6 * float(model.logit_scale.detach().exp())))
