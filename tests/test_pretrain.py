@@ -323,7 +323,9 @@ def test_sampling_weights_give_each_environment_its_share(small_data):
     w = sampling_weights(ds, cols, 0.4, "", exclude=rows).numpy()
     assert (w[rows] == 0).all() and (w[~rows] > 0).all()
     assert w[ds.env_index == 0].sum() == pytest.approx(1 / 3)
-    for bad, match in (("Lift=2", "bad item"), ("Find", "bad item"), ("Find=x", "not a number"),
+    # a registered environment absent from the dataset is skipped (the default spec fits any dataset)
+    np.testing.assert_allclose(parse_env_weights("Lift=2,Find=2", ds.env_ids), [0.5, 0.25, 0.25])
+    for bad, match in (("Kitchen=2", "bad item"), ("Find", "bad item"), ("Find=x", "not a number"),
                        ("Find=0", "> 0"), ("Find=nan", "> 0")):
         with pytest.raises(ValueError, match=match):
             parse_env_weights(bad, ds.env_ids)

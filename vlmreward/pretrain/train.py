@@ -42,8 +42,8 @@ DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
 class PretrainConfig:
     """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
     model: str = DEFAULT_MODEL
-    epochs: int = 10
-    steps_per_epoch: int = 400
+    epochs: int = 16
+    steps_per_epoch: int = 500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -63,8 +63,9 @@ class PretrainConfig:
     data_scale: float = 1.0         # multiplies the default recipe's episode counts
     heldout_states: bool = True     # also train on household frames where a held-out goal holds (as negatives
                                     # of the training goals); False: zero-shot protocol, such frames are never seen
-    env_weights: str = ""          # share of each environment in a batch, e.g. "Lift=2,PickPlace=2.5" (unlisted: 1)
-    precision: str = "fp32"         # "bf16": the image tower runs under CPU/CUDA autocast to bfloat16 (weights,
+    # share of each environment in a batch (unlisted: 1); the v4 default oversamples the harder household tasks
+    env_weights: str = "Lift=2,PickPlace=2.5,CartPoleUpright=0.5,MountainCarFlag=0.5"
+    precision: str = "bf16"         # "bf16": the image tower runs under CPU/CUDA autocast to bfloat16 (weights,
                                     # losses and the exported model stay float32; ~1.4x faster on AVX-512 CPUs)
     data_dir: str = "data/pretrain"
     out: str = "runs/pretrain"
@@ -102,22 +103,30 @@ def to_pixels(frames_u8: torch.Tensor, mean, std) -> torch.Tensor:
 def parse_env_weights(spec: str, env_ids) -> np.ndarray:
     """"Lift=2,PickPlace=2.5" -> one weight per environment of ``env_ids`` (unlisted: 1), summing to 1.
 
-    Names are environment families ("Lift") or full ids ("vlmreward/Lift-v0"). Raises ValueError for an
+    Names are environment families ("Lift") or full ids ("vlmreward/Lift-v0"); a registered environment
+    that is not in ``env_ids`` is skipped (so the default applies to any dataset). Raises ValueError for an
     unknown name, a malformed item or a weight that is not a finite number > 0.
     """
-    fams = [e.split("/")[-1].removesuffix("-v0") for e in env_ids]
+    from vlmreward.envs import ENV_IDS
+
+    def family(e):
+        return e.strip().split("/")[-1].removesuffix("-v0")
+    fams = [family(e) for e in env_ids]
+    known = set(fams) | {family(e) for e in ENV_IDS}
     w = np.ones(len(fams))
     for item in filter(None, (t.strip() for t in spec.split(","))):
         name, sep, value = item.partition("=")
-        name = name.strip().split("/")[-1].removesuffix("-v0")
-        if not sep or name not in fams:
-            raise ValueError(f"env_weights: bad item {item!r}; expected NAME=WEIGHT with NAME in {fams}")
+        name = family(name)
+        if not sep or name not in known:
+            raise ValueError(f"env_weights: bad item {item!r}; expected NAME=WEIGHT with NAME in {sorted(known)}")
         try:
-            w[fams.index(name)] = float(value)
+            weight = float(value)
         except ValueError:
             raise ValueError(f"env_weights: {value!r} in {item!r} is not a number") from None
-        if not (math.isfinite(w[fams.index(name)]) and w[fams.index(name)] > 0):
+        if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"env_weights: the weight of {name} must be finite and > 0, got {value}")
+        if name in fams:
+            w[fams.index(name)] = weight
     return w / w.sum()
 
 
