@@ -192,7 +192,10 @@ def test_vector_vlm_termination_equals_self_terminating_envs(tiny_model, find_ba
     ref = _rollout(selfterm)
     assert ref["terminated"].sum() > 0
     for k in ours:
-        np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
+        if k == "vlm_prob":  # batch B vs batch 1 through the image tower: BLAS may round differently per shape
+            np.testing.assert_allclose(ours[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        else:  # mixed_threshold sits mid-gap, so rewards and episode ends are exact
+            np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
 
 
 def test_vector_sync_and_async_agree(tiny_model, find_bank, mixed_threshold):
