@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +145,19 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
 @pytest.mark.parametrize("threshold, length, ret", [(1.0, 5, 0.0), (0.0, 1, 1.0)])
 def test_vlm_reward_alone_trains_and_ends_episodes(tmp_path, tiny_clip_dir, threshold, length, ret):
     """VLM mode on Find: beta = 1 never fires (p > 1 is impossible), so no reward and only timeouts end episodes,
-    even where the ground truth succeeds; beta = 0 always fires: reward 1 and the episode ends after one step."""
+    even where the ground truth succeeds; beta = 0 always fires: reward 1 and the episode ends after one step.
+    A reward that has not fired in the first 5 rollouts is warned about (and only then)."""
     run = tmp_path / "run"
-    ppo.train(ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", reward="vlm", num_envs=2, num_steps=16,
-                              num_minibatches=2, total_timesteps=64, eval_episodes=2, frame_size=56,
-                              max_episode_steps=5), threshold=threshold, model=str(tiny_clip_dir),
-                       run_dir=str(run)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ppo.train(ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", reward="vlm", num_envs=2, num_steps=16,
+                                  num_minibatches=2, total_timesteps=160, eval_episodes=2, frame_size=56,
+                                  max_episode_steps=5), threshold=threshold, model=str(tiny_clip_dir),
+                           run_dir=str(run)))
+    fired_warnings = [w for w in caught if "has not fired" in str(w.message)]
+    assert len(fired_warnings) == (threshold == 1.0)
+    if fired_warnings:
+        assert "threshold beta = 1.0" in str(fired_warnings[0].message)
     m = ppo.read_metrics(run / "metrics.csv")
     lengths, returns = m["charts/episodic_length"][1], m["charts/episodic_return"][1]
     assert len(lengths) >= 4 and np.all(lengths == length) and np.all(returns == ret)

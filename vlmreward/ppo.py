@@ -21,6 +21,7 @@ import random
 import time
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -635,6 +636,7 @@ def train(args: Args) -> dict:
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
     global_step = state["global_step"] if state else 0
     t0, steps0 = time.time(), global_step
+    vlm_fired, vlm_prob_max = 0.0, 0.0  # a beta above every p(goal | frame) trains on a reward of 0: warn early
     bar = None
     if args.progress and rank == 0:
         from tqdm import tqdm
@@ -683,6 +685,9 @@ def train(args: Args) -> dict:
             live = ~prev_done
             ep["return"] += np.where(live, reward, 0.0)
             ep["vlm_return"] += np.where(live, _info(infos, "vlm_reward", B), 0.0)
+            if task.reward_model is not None:
+                vlm_fired += float(np.sum(np.where(live, _info(infos, "vlm_reward", B), 0.0)))
+                vlm_prob_max = max(vlm_prob_max, float(np.max(np.where(live, _info(infos, "vlm_prob", B), 0.0))))
             ep["gt_return"] += np.where(live, _info(infos, "env_reward", B, 0.0) if task.reward_model else reward, 0.0)
             ep["length"] += live
             gt = _info(infos, "gt_success", B, 0.0) if "gt_success" in infos else _info(infos, "success", B, 0.0)
@@ -698,6 +703,12 @@ def train(args: Args) -> dict:
                 recent["return"].append(ep["return"][i])
             for k in ep:
                 ep[k][done] = 0.0
+
+        if task.reward_model is not None and iteration == start_iteration + 4 and vlm_fired == 0 and rank == 0:
+            warnings.warn(f"the VLM reward has not fired in {5 * batch_size} steps: the largest p(goal | frame) "
+                          f"seen was {vlm_prob_max:.3f}, below threshold beta = {args.threshold}; the agent is "
+                          "training on a reward of 0. Choose beta from the model's precision-recall curve "
+                          "(`vlmreward evaluate` prints the best-F1 beta).", RuntimeWarning, stacklevel=2)
 
         # ---- generalised advantage estimation ----
         with torch.no_grad():
