@@ -684,9 +684,10 @@ def train(args: Args) -> dict:
             # episode statistics (reset steps of NEXT_STEP autoreset are not part of any episode)
             live = ~prev_done
             ep["return"] += np.where(live, reward, 0.0)
-            ep["vlm_return"] += np.where(live, _info(infos, "vlm_reward", B), 0.0)
-            if task.reward_model is not None:
-                vlm_fired += float(np.sum(np.where(live, _info(infos, "vlm_reward", B), 0.0)))
+            vlm_reward = np.where(live, _info(infos, "vlm_reward", B), 0.0)
+            ep["vlm_return"] += vlm_reward
+            if task.reward_model is not None and iteration < start_iteration + 5:  # only until the check below
+                vlm_fired += float(vlm_reward.sum())
                 vlm_prob_max = max(vlm_prob_max, float(np.max(np.where(live, _info(infos, "vlm_prob", B), 0.0))))
             ep["gt_return"] += np.where(live, _info(infos, "env_reward", B, 0.0) if task.reward_model else reward, 0.0)
             ep["length"] += live

@@ -66,7 +66,9 @@ class PretrainConfig:
     # share of each environment in a batch (unlisted: 1); the v4 default oversamples the harder household tasks
     env_weights: str = "Lift=2,PickPlace=2.5,CartPoleUpright=0.5,MountainCarFlag=0.5"
     precision: str = "bf16"         # "bf16": the image tower runs under CPU/CUDA autocast to bfloat16 (weights,
-                                    # losses and the exported model stay float32; ~1.4x faster on AVX-512 CPUs)
+                                    # losses and the exported model stay float32); the shipped v4 recipe. Speed
+                                    # depends on the CPU: ~1.4x faster on one 2-core machine, 13-15% slower than
+                                    # "fp32" on an AVX-512-BF16 Xeon (docs/default_model.md)
     data_dir: str = "data/pretrain"
     out: str = "runs/pretrain"
     export: str = ""                # also write the final model here in open_clip hub layout
