@@ -376,7 +376,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         val = validate(model, cfg.model, val_ds, mean, std, cfg.eval_negatives, seed=cfg.seed)
         score = _score(val)
         rec = {"epoch": epoch + 1, **{k: v / cfg.steps_per_epoch for k, v in sums.items()},
-               "logit_scale": float(model.logit_scale.exp()), "seconds": time.time() - t0, "val": val,
+               "logit_scale": float(model.logit_scale.detach().exp()), "seconds": time.time() - t0, "val": val,
                "val_score": score}
         history.append(rec)
         print(json.dumps(rec), flush=True)
