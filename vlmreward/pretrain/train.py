@@ -33,6 +33,7 @@ from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, ex
                                           load_training_state, model_config, save_training_state)
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
+from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
 from vlmreward.pretrain.text import CaptionEncoder
 
 DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
@@ -56,6 +57,8 @@ class PretrainConfig:
     sigmoid_weight: float = 1.0     # weight of the per-goal sigmoid loss within the family (v1: 0)
     attribute_captions: bool = True  # also train partial goals ("go to the red object", "go to the key";
                                      # captions.attribute_captions) in the contrastive and sigmoid terms (v1-2: off)
+    freeze_text_after: int = -1     # epochs after which the text projection stops training (0: never trained,
+                                    # text geometry = the frozen tower's; -1: trained throughout)
     init: str = ""                  # warm start: a hub directory (e.g. vlmreward/assets/default) to load first
     positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
@@ -331,6 +334,10 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
 
     hf = is_hf_text(mcfg)
     for epoch in range(start_epoch, cfg.epochs):
+        if 0 <= cfg.freeze_text_after <= epoch:
+            for n, p in model.named_parameters():  # the text side: everything but the image tower and logit_scale
+                if not n.startswith("visual.") and n != "logit_scale":
+                    p.requires_grad_(False)  # AdamW skips parameters without gradients
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # epoch-seeded: resume replays exactly
         idx = torch.multinomial(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True, generator=g)
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
@@ -398,4 +405,8 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                   "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history}
         export_hub_dir(model, cfg.model, cfg.export, extra={"seed": cfg.seed})
         Path(cfg.export, "RECIPE.json").write_text(json.dumps(recipe, indent=1, default=list) + "\n")
+        # the stability record the tests check a shipped model against (reloaded through the real loader)
+        from vlmreward.models import load_model
+        Path(cfg.export, REFERENCE_FILE).write_text(
+            json.dumps(reference_rewards(load_model(str(cfg.export))), indent=1) + "\n")
     return result
