@@ -57,9 +57,6 @@ class PretrainConfig:
     sigmoid_weight: float = 1.0     # weight of the per-goal sigmoid loss within the family (v1: 0)
     attribute_captions: bool = True  # also train partial goals ("go to the red object", "go to the key";
                                      # captions.attribute_captions) in the contrastive and sigmoid terms (v1-2: off)
-    compose_weight: float = 0.0    # weight of a term pulling each goal's text embedding towards the normalised
-                                    # mean of its partial goals' (attribute captions), so that goal embeddings
-                                    # are compositions of attribute embeddings
     init: str = ""                  # warm start: a hub directory (e.g. vlmreward/assets/default) to load first
     positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
     eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
@@ -299,9 +296,6 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         # a partial goal belongs to the environment of the goals it covers
         env_cand = np.concatenate([env_cand, np.stack([[cols[0] in env for cols in partial.values()]
                                                        for env in train_ds.env_goals])], 1)
-    # compose[k, a] = 1 where partial goal a covers training goal k (the compose_weight term)
-    compose = torch.tensor([[float(c in cols) for cols in partial.values()] for c in train_cols])
-    composed = compose.sum(1) > 0
     captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
     labels_all = torch.from_numpy(np.concatenate(labels, 1))
     env_all = torch.from_numpy(train_ds.env_index)
@@ -341,7 +335,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # epoch-seeded: resume replays exactly
         idx = torch.multinomial(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True, generator=g)
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
-        sums, t0 = {"loss": 0.0, "clip": 0.0, "reward": 0.0, "sigmoid": 0.0, "compose": 0.0}, time.time()
+        sums, t0 = {"loss": 0.0, "clip": 0.0, "reward": 0.0, "sigmoid": 0.0}, time.time()
         for step in bar:
             b = idx[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             pixels = to_pixels(torch.from_numpy(train_ds.frames[b.numpy()]), mean, std)
@@ -369,11 +363,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             l_rew = torch.stack(l_rew).sum()
             l_sig = (family_sigmoid(logits, y, env_cand[env], sig_bias) if cfg.sigmoid_weight
                      else logits.sum() * 0.0)
-            l_comp = logits.sum() * 0.0
-            if composed.any():  # logged at any weight
-                target = F.normalize(compose[composed] @ txt[n_goals:], dim=-1)
-                l_comp = (1 - (txt[:n_goals][composed] * target).sum(-1)).mean()
-            loss = l_rew + cfg.clip_weight * l_clip + cfg.sigmoid_weight * l_sig + cfg.compose_weight * l_comp
+            loss = l_rew + cfg.clip_weight * l_clip + cfg.sigmoid_weight * l_sig
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -381,7 +371,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             sched.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew), ("sigmoid", l_sig), ("compose", l_comp)):
+            for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew), ("sigmoid", l_sig)):
                 sums[k] += float(v.detach())
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
         val = validate(model, cfg.model, val_ds, mean, std, cfg.eval_negatives, seed=cfg.seed)
