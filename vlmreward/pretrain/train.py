@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmreward.models import load_model
 from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions
 from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, export_hub_dir, is_hf_text,
                                           load_training_state, model_config, save_training_state)
@@ -400,7 +401,6 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         export_hub_dir(model, cfg.model, cfg.export, extra={"seed": cfg.seed})
         Path(cfg.export, "RECIPE.json").write_text(json.dumps(recipe, indent=1, default=list) + "\n")
         # the stability record the tests check a shipped model against (reloaded through the real loader)
-        from vlmreward.models import load_model
         Path(cfg.export, REFERENCE_FILE).write_text(
             json.dumps(reference_rewards(load_model(str(cfg.export))), indent=1) + "\n")
     return result
