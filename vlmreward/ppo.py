@@ -103,6 +103,7 @@ class Args:
 
 REWARDS = ("vlm", "gt")
 CHECKPOINT = "checkpoint.pt"
+FIRE_CHECK_ROLLOUTS = 5  # train() warns when the VLM reward has not fired in this many first rollouts
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -636,7 +637,8 @@ def train(args: Args) -> dict:
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
     global_step = state["global_step"] if state else 0
     t0, steps0 = time.time(), global_step
-    vlm_fired, vlm_prob_max = 0.0, 0.0  # a beta above every p(goal | frame) trains on a reward of 0: warn early
+    # a beta above every p(goal | frame) trains on a reward of 0: warn early (FIRE_CHECK_ROLLOUTS)
+    vlm_fired, vlm_prob_max = 0.0, 0.0
     bar = None
     if args.progress and rank == 0:
         from tqdm import tqdm
@@ -686,7 +688,7 @@ def train(args: Args) -> dict:
             ep["return"] += np.where(live, reward, 0.0)
             vlm_reward = np.where(live, _info(infos, "vlm_reward", B), 0.0)
             ep["vlm_return"] += vlm_reward
-            if task.reward_model is not None and iteration < start_iteration + 5:  # only until the check below
+            if task.reward_model is not None and iteration < start_iteration + FIRE_CHECK_ROLLOUTS:
                 vlm_fired += float(vlm_reward.sum())
                 vlm_prob_max = max(vlm_prob_max, float(np.max(np.where(live, _info(infos, "vlm_prob", B), 0.0))))
             ep["gt_return"] += np.where(live, _info(infos, "env_reward", B, 0.0) if task.reward_model else reward, 0.0)
@@ -705,10 +707,11 @@ def train(args: Args) -> dict:
             for k in ep:
                 ep[k][done] = 0.0
 
-        if task.reward_model is not None and iteration == start_iteration + 4 and vlm_fired == 0 and rank == 0:
-            warnings.warn(f"the VLM reward has not fired in {5 * batch_size} steps: the largest p(goal | frame) "
-                          f"seen was {vlm_prob_max:.3f}, below threshold beta = {args.threshold}; the agent is "
-                          "training on a reward of 0. Choose beta from the model's precision-recall curve "
+        last_checked = iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1
+        if task.reward_model is not None and last_checked and vlm_fired == 0 and rank == 0:
+            warnings.warn(f"the VLM reward has not fired in {FIRE_CHECK_ROLLOUTS * batch_size} steps: the largest "
+                          f"p(goal | frame) seen was {vlm_prob_max:.3f}, below threshold beta = {args.threshold}; "
+                          "the agent is training on a reward of 0. Choose beta from the model's precision-recall curve "
                           "(`vlmreward evaluate` prints the best-F1 beta).", RuntimeWarning, stacklevel=2)
 
         # ---- generalised advantage estimation ----
