@@ -234,3 +234,24 @@ def test_bad_input_classic():
         env.reset(options={"goal": "the pole is upright"})
     with pytest.raises(ValueError, match="task set"):
         gym.make("vlmreward/CartPoleUpright-v0", goal_pool=["fly"])
+
+
+@pytest.mark.parametrize("env_id,relation_rate", [("vlmreward/Find-v0", 0.5), ("vlmreward/Lift-v0", 0.5),
+                                                   ("vlmreward/PickPlace-v0", 0.6)])
+def test_household_states_cover_the_relations(env_id, relation_rate):
+    env = gym.make(env_id, render_mode="rgb_array")
+    u = env.unwrapped
+    frames, labels = u.sample_states(200, seed=5)
+    assert frames.shape == (200, 224, 224, 3) and labels.shape == (200, len(u.task_set))
+    assert len({f.tobytes() for f in frames}) > 190  # a fresh room (or at least a fresh state) each time
+    any_true = labels.any(1).mean()
+    if u.family != "pickplace":  # one faced cell / one carried object: at most one goal holds
+        assert labels.sum(1).max() == 1
+    assert relation_rate - 0.15 < any_true < relation_rate + 0.3, any_true
+    # the last state is a legal one: agent on an empty floor cell, the carried object off the grid
+    x, y = u.agent_pos
+    assert 0 < x < u.width - 1 and 0 < y < u.height - 1 and u.grid.get(x, y) is None
+    if u.carrying is not None:
+        assert all(u.grid.get(i, j) is not u.carrying for i in range(u.width) for j in range(u.height))
+    np.testing.assert_array_equal(labels[-1], [u.goal_success(g) for g in u.task_set])
+    env.close()

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from vlmreward import cli, ppo, rollout
+from vlmreward import cli
+from vlmreward.rl import ppo, video
 
 
 def _namespace(argv):
@@ -43,13 +44,14 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     assert args.anneal_lr is False and args.templates == ["a photo of {}"]
 
 
-def test_shipped_configs_parse():
-    from pathlib import Path
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert configs, "configs/*.yaml missing"
-    for path in configs:
-        args = ppo.parse_args(_namespace(["--config", str(path)]))
-        assert args.env_id.startswith("vlmreward/"), path
+def test_shipped_configs_parse(tmp_path, monkeypatch):
+    from vlmreward.config import shipped_configs
+    names = shipped_configs()
+    assert {"cartpole", "find"} <= set(names), names  # package data: installed with the package
+    monkeypatch.chdir(tmp_path)  # by name, from outside the checkout
+    for name in names:
+        args = ppo.parse_args(_namespace(["--config", name]))
+        assert args.env_id.startswith("vlmreward/"), name
 
 
 @pytest.mark.parametrize("text, error, match", [
@@ -101,11 +103,11 @@ def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         ppo.train(ppo.Args(env_id="CartPole-v1", reward="gt", resume=str(tmp_path / "nothing")))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        cli.main(["enjoy", str(tmp_path / "missing.pt")])
+        cli.main(["--debug", "enjoy", str(tmp_path / "missing.pt")])
 
 
 def test_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        rollout.record(bad)
+        video.record(bad)

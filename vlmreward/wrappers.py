@@ -17,6 +17,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorWrapper
 from gymnasium.vector.utils import batch_space
 
+from vlmreward.envs import GOAL_REACHING, ends_on_success
+
 
 def _is_frame_space(space) -> bool:
     return (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
@@ -93,7 +95,11 @@ class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
         reward_model: a ``vlmreward.RewardModel`` (called as ``reward_model(frames (1,H,W,3), goal_ids (1,))``).
         goal: None (the environment's own goal, vlmreward envs), a goal string, or ``callable(rng) -> str``
             sampled at each reset; every goal must be in ``reward_model.bank.goals``.
-        terminate_on_success: end the episode when p(goal | frame) > threshold (the paper's choice).
+        terminate_on_success: end the episode when p(goal | frame) > threshold. None (default): as the
+            environment declares (``vlmreward.envs.ends_on_success``): yes for goal-reaching environments (the
+            paper's tasks, and any environment that declares nothing), no for per-step ones (CartPoleUpright,
+            MountainCarFlag: rewarded every step in the goal state; ending there would end every episode at
+            its first step).
         keep_env_reward: put the environment's own reward in ``info["env_reward"]``.
         goal_embedding: add the goal's text embedding (``bank.goal_embeddings`` row, float32 (D,)) to the
             observation.
@@ -106,7 +112,8 @@ class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, reward_model, goal: None | str | Callable = None, *,
-                 terminate_on_success: bool = True, keep_env_reward: bool = True, goal_embedding: bool = False):
+                 terminate_on_success: bool | None = None, keep_env_reward: bool = True,
+                 goal_embedding: bool = False):
         gym.Wrapper.__init__(self, env)
         self._frame_is_obs = _is_frame_space(env.observation_space)
         if not self._frame_is_obs and env.render_mode != "rgb_array":
@@ -117,7 +124,8 @@ class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
                                                   self._goal_aware)
         if isinstance(goal, str) and self._goal_aware and goal not in env.unwrapped.task_set:
             raise ValueError(f"goal {goal!r} is not in the environment's task set")
-        self.terminate_on_success = bool(terminate_on_success)
+        self.terminate_on_success = (ends_on_success(env) if terminate_on_success is None
+                                     else bool(terminate_on_success))
         self.keep_env_reward = bool(keep_env_reward)
         self.goal: str | None = None
 
@@ -147,6 +155,18 @@ class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
         if self.keep_env_reward:
             info["env_reward"] = float(env_reward)
         return self._policy_obs(obs, gid), reward, bool(terminated), bool(truncated), info
+
+
+def _vector_ends_on_success(env: gym.vector.VectorEnv) -> bool:
+    """The sub-environments' declared style (:func:`vlmreward.envs.ends_on_success`); goal-reaching when they
+    declare nothing."""
+    try:
+        styles = set(env.get_attr("reward_style"))
+    except AttributeError:
+        return True
+    if len(styles) != 1:
+        raise ValueError(f"the sub-environments declare different reward styles {sorted(styles)}")
+    return styles.pop() == GOAL_REACHING
 
 
 def _select(mask: np.ndarray, new, old):
@@ -212,8 +232,8 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
     """
 
     def __init__(self, env: gym.vector.VectorEnv, reward_model, goal: None | str | Callable = None, *,
-                 terminate_on_success: bool = True, keep_env_reward: bool = True, goal_embedding: bool = False,
-                 score_all_goals: bool = False):
+                 terminate_on_success: bool | None = None, keep_env_reward: bool = True,
+                 goal_embedding: bool = False, score_all_goals: bool = False):
         VectorWrapper.__init__(self, env)
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
@@ -225,7 +245,8 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
         self.single_observation_space = self._init_goals(reward_model, goal, goal_embedding,
                                                          env.single_observation_space, goal_aware=True)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.terminate_on_success = bool(terminate_on_success)
+        self.terminate_on_success = (_vector_ends_on_success(env) if terminate_on_success is None
+                                     else bool(terminate_on_success))
         self.keep_env_reward = bool(keep_env_reward)
         self.score_all_goals = bool(score_all_goals)
         n = self.num_envs
@@ -301,3 +322,71 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
         if rewards_all is not None:
             info["vlm_rewards_all"], info["_vlm_rewards_all"] = rewards_all, ones
         return self._policy_obs(obs, goal_ids), rewards, terminated, truncated, info
+
+
+class NoSuccessTermination(gym.Wrapper):
+    """Drops an environment's own termination on ground-truth success (``info["success"]``; the household
+    environments end episodes there), so that under a VLM reward episodes end on VLM success or timeout only
+    (Baumli et al.): ground truth never reaches training through termination. Apply it below the VLM wrapper
+    (e.g. ``gym.make_vec(..., wrappers=[NoSuccessTermination])``)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated and not info.get("success", False), truncated, info
+
+
+class EpisodeStatistics(VectorWrapper):
+    """Per-episode sums of a vector env, in the manner of gymnasium's vector ``RecordEpisodeStatistics``.
+
+    NEXT_STEP autoreset: the reset step after an episode's last step belongs to no episode. At the last step
+    of an episode, ``info["episode"]`` holds (B,) float64 arrays, valid where ``info["_episode"]`` is True:
+    ``"r"`` return of the trained reward, ``"l"`` length in steps, ``"vlm_r"`` sum of ``info["vlm_reward"]``
+    (0 without a VLM wrapper), ``"gt_r"`` ground-truth return (``info["env_reward"]`` under a VLM wrapper, else
+    the reward), ``"gt_success"`` 1.0 when ground-truth success held at any step (``info["gt_success"]``, else
+    ``info["success"]``).
+    """
+
+    KEYS = ("r", "l", "vlm_r", "gt_r", "gt_success")
+
+    def __init__(self, env: gym.vector.VectorEnv):
+        VectorWrapper.__init__(self, env)
+        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
+            raise ValueError(f"EpisodeStatistics needs autoreset_mode NEXT_STEP, got {mode}")
+        self._sums = {k: np.zeros(self.num_envs) for k in self.KEYS}
+        self._prev_done = np.zeros(self.num_envs, bool)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else options["reset_mask"]
+        for v in self._sums.values():
+            v[mask] = 0.0
+        self._prev_done[mask] = False
+        return obs, info
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        live = ~self._prev_done
+        n = self.num_envs
+
+        def field(key, default):
+            if key not in info:
+                return np.broadcast_to(np.asarray(default, np.float64), (n,))
+            return np.where(info.get(f"_{key}", np.ones(n, bool)), np.asarray(info[key], np.float64), 0.0)
+
+        reward = np.asarray(rewards, np.float64)
+        s = self._sums
+        s["r"] += np.where(live, reward, 0.0)
+        s["l"] += live
+        s["vlm_r"] += np.where(live, field("vlm_reward", 0.0), 0.0)
+        s["gt_r"] += np.where(live, field("env_reward", reward) if "env_reward" in info else reward, 0.0)
+        success = field("gt_success", 0.0) if "gt_success" in info else field("success", 0.0)
+        s["gt_success"] = np.maximum(s["gt_success"], np.where(live, success, 0.0))
+        done = np.logical_or(terminated, truncated)
+        ended = done & live
+        if ended.any():
+            info = dict(info, episode={k: np.where(ended, v, 0.0) for k, v in s.items()}, _episode=ended)
+        for v in s.values():
+            v[done] = 0.0
+        self._prev_done = done
+        return obs, rewards, terminated, truncated, info

@@ -40,10 +40,11 @@ MOUNTAINCAR_GOALS = {
 }
 
 
-class _GoalMixin:
+class _ClassicGoals:
     """task_set / goal_success / goal-aware reset and step info for a gymnasium classic-control env."""
 
     GOALS: dict = {}
+    reward_style = "per_step"  # every step in the goal state is rewarded (vlmreward.envs.DECLARATIONS)
 
     def _init_goals(self, goal_pool):
         self.task_set = tuple(self.GOALS)
@@ -70,6 +71,29 @@ class _GoalMixin:
             raise RuntimeError("call reset() before goal_success()")
         return bool(self.GOALS[goal](np.asarray(self.state, dtype=np.float64)))
 
+    def sample_states(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` frames of uniformly sampled states (full coverage of every goal's region), for datasets.
+
+        CartPole: x in [-2.4, 2.4], theta in [-24, 24] degrees; MountainCar: position in [-1.2, 0.6], half
+        of the states near the flag (the training goal's region is 6% of the track).
+        Returns (frames uint8 (n,H,W,3), labels bool (n, len(task_set))). Needs render_mode "rgb_array".
+        """
+        if self.render_mode != "rgb_array":
+            raise ValueError("sample_states needs render_mode='rgb_array'")
+        rng = np.random.default_rng(seed)
+        self.reset(seed=seed)
+        frames, labels = [], []
+        for _ in range(n):
+            if len(self.state) == 4:
+                self.state = np.array([rng.uniform(-2.4, 2.4), rng.normal(0, 1), rng.uniform(-0.42, 0.42),
+                                       rng.normal(0, 1)])
+            else:
+                lo = self.min_position if rng.random() < 0.5 else self.goal_position - 0.25
+                self.state = np.array([rng.uniform(lo, self.max_position), rng.uniform(-0.07, 0.07)])
+            frames.append(np.asarray(self.render()))
+            labels.append([self.goal_success(g) for g in self.task_set])
+        return np.stack(frames), np.array(labels, dtype=bool)
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         options = dict(options or {})
         goal = options.pop("goal", None)
@@ -86,7 +110,7 @@ class _GoalMixin:
         return obs, reward, terminated, truncated, {**info, "goal": self.goal, "success": self.goal_success(self.goal)}
 
 
-class CartPoleUpright(_GoalMixin, CartPoleEnv):
+class CartPoleUpright(_ClassicGoals, CartPoleEnv):
     """CartPole-v1 with goals (training goal "the pole is upright"). Args: render_mode, goal_pool."""
 
     GOALS = CARTPOLE_GOALS
@@ -96,7 +120,7 @@ class CartPoleUpright(_GoalMixin, CartPoleEnv):
         self._init_goals(goal_pool)
 
 
-class MountainCarFlag(_GoalMixin, MountainCarEnv):
+class MountainCarFlag(_ClassicGoals, MountainCarEnv):
     """MountainCar-v0 with goals (training goal: the flag).
 
     Args:

@@ -43,6 +43,10 @@ FAMILIES = {
     "pickplace": ("put the {} {} next to the {} {}", 2, 5),
 }
 LEFT, RIGHT, FORWARD, PICKUP, DROP = range(5)
+#: State sampler: probabilities of (carrying an object, two floor objects 4-adjacent, agent facing an object)
+#: per family. Carrying only where the action space has pickup (Find has none).
+STATE_MIX = {"find": (0.0, 0.25, 0.5), "lift": (0.5, 0.25, 0.35), "pickplace": (0.3, 0.6, 0.3)}
+_DIRS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's DIR_TO_VEC
 
 
 def goal_specs(family: str) -> dict[str, tuple[tuple[str, str], ...]]:
@@ -71,6 +75,7 @@ class HouseholdEnv(RoomGrid):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    reward_style = "goal_reaching"  # the episode ends when the goal is reached (vlmreward.envs.DECLARATIONS)
 
     def __init__(self, family: str = "find", *, grid_size: int = 7, frame_size: int = 224, num_objects: int = 4,
                  max_steps: int | None = None, goal_pool=None, render_mode: str | None = None):
@@ -173,6 +178,54 @@ class HouseholdEnv(RoomGrid):
         success = self.goal_success(self.goal)
         reward = self._reward() if success else 0.0
         return obs, float(reward), success, truncated, {"goal": self.goal, "success": success}
+
+    # ----- randomised states (datasets) ------------------------------------------------------------------
+    def sample_states(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` frames of randomised states, each in a freshly generated room, for datasets.
+
+        Episode frames are few and strongly correlated (a goal holds on ~1 frame per expert episode); these
+        states cover every relation the goals name, at a known rate (:data:`STATE_MIX`): the agent on a random
+        free cell facing a random direction or facing an object, an object carried (drawn on the agent's cell),
+        two objects moved next to each other. Every state is one the environment can reach (objects are only
+        moved between floor cells and the hand). Labels are ``goal_success`` of the task set.
+        Returns (frames uint8 (n,S,S,3), labels bool (n, len(task_set))).
+        """
+        p_carry, p_adj, p_face = STATE_MIX[self.family]
+        rng = np.random.default_rng(seed)
+        self.reset(seed=seed)  # one seed, then the env's own generator: no overlap with other splits' seeds
+        frames, labels = [], []
+        inner = range(1, self.width - 1)
+        for _ in range(n):
+            self.reset()
+            self.agent_pos = (-1, -1)  # objects may move onto the agent's old cell; the agent is placed last
+            objs = [self.grid.get(i, j) for i in inner for j in inner if self.grid.get(i, j) is not None]
+            if rng.random() < p_carry:
+                o = objs.pop(int(rng.integers(len(objs))))
+                self.grid.set(*o.cur_pos, None)
+                o.cur_pos, self.carrying = (-1, -1), o
+            if len(objs) >= 2 and rng.random() < p_adj:
+                a, b = rng.choice(len(objs), 2, replace=False)
+                bx, by = objs[b].cur_pos
+                spots = [(bx + dx, by + dy) for dx, dy in _DIRS if self.grid.get(bx + dx, by + dy) is None]
+                if spots:
+                    x, y = spots[int(rng.integers(len(spots)))]
+                    self.grid.set(*objs[a].cur_pos, None)
+                    self.grid.set(x, y, objs[a])
+                    objs[a].cur_pos = (x, y)
+            cells = [(i, j) for i in inner for j in inner if self.grid.get(i, j) is None]
+            facing = []
+            if objs and rng.random() < p_face:
+                o = objs[int(rng.integers(len(objs)))]
+                facing = [((o.cur_pos[0] - dx, o.cur_pos[1] - dy), d) for d, (dx, dy) in enumerate(_DIRS)
+                          if self.grid.get(o.cur_pos[0] - dx, o.cur_pos[1] - dy) is None]
+            if facing:
+                self.agent_pos, self.agent_dir = facing[int(rng.integers(len(facing)))]
+            else:
+                self.agent_pos, self.agent_dir = cells[int(rng.integers(len(cells)))], int(rng.integers(4))
+            self.agent_pos = tuple(int(v) for v in self.agent_pos)
+            frames.append(self.gen_obs())
+            labels.append([self.goal_success(g) for g in self.task_set])
+        return np.stack(frames), np.array(labels, dtype=bool)
 
     # ----- frames ----------------------------------------------------------------------------------------
     def gen_obs(self):

@@ -37,7 +37,7 @@ class DataConfig:
     interpolation: str = "bicubic"
     split: str = "train"
     goal_pool: str = "task_set"  # expert targets: "task_set" (all goals: coverage) or "train" (env default)
-    random_states: int = 0  # extra frames of randomised states (sample_states / sample_household_states)
+    random_states: int = 0  # extra frames of randomised states (env.unwrapped.sample_states)
     env_overrides: dict = field(default_factory=dict)  # per id: {"episodes", "max_steps", "frame_stride"}
 
     def key(self) -> str:
@@ -117,123 +117,32 @@ def default_recipe(split: str = "train", image_size: int = 84, scale: float = 1.
 
 
 def make_env(env_id: str, **kwargs):
-    """``gym.make(env_id, render_mode="rgb_array")`` with a clear error for an unknown id."""
-    import vlmreward  # noqa: F401  (registers the ids)
-    if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("vlmreward/"))
-        raise ValueError(f"unknown environment id {env_id!r}; registered vlmreward ids: {known}")
+    """``gym.make(env_id, render_mode="rgb_array")``; ValueError for an id that is not a vlmreward environment."""
+    from vlmreward.envs import declaration
+    declaration(env_id)
     return gym.make(env_id, render_mode="rgb_array", **kwargs)
 
 
 def frame_of(env, observation) -> np.ndarray:
-    """The RGB frame of the current state: the observation when it is one (domain A), else ``render()``."""
+    """The RGB frame of the current state: the observation when it is one (household), else ``render()``."""
     if isinstance(observation, np.ndarray) and observation.dtype == np.uint8 and observation.ndim == 3:
         return observation
     return np.asarray(env.render())
 
 
-def _controller(env) -> int:
-    """Scripted policy for the classic-control domain (no ``expert_action`` there): balance / pump energy."""
-    u = env.unwrapped
-    s = np.asarray(u.state, dtype=np.float64)
-    if "CartPole" in type(u).__name__ or len(s) == 4:
-        return int(s[2] + 0.5 * s[3] + 0.01 * s[0] + 0.1 * s[1] > 0)  # push towards the pole's lean
-    return 2 if s[1] >= 0 else 0  # MountainCar: accelerate along the velocity
-
-
 def policy_action(env, epsilon: float, rng: np.random.Generator) -> int:
-    """Expert action with probability 1-epsilon, else uniform random."""
+    """The scripted expert's action (:func:`vlmreward.envs.expert_action`) with probability 1-epsilon, else
+    uniform random."""
+    from vlmreward.envs import expert_action
     if rng.random() < epsilon:
         return int(env.action_space.sample())
-    try:
-        from vlmreward.envs import expert_action
-        return int(expert_action(env))
-    except (ValueError, NotImplementedError, TypeError, ImportError, AttributeError):
-        return _controller(env)
+    return int(expert_action(env))
 
 
 def label_frame(env, goals) -> np.ndarray:
     """bool (len(goals),): ground truth ``goal_success`` of each goal in the current state."""
     u = env.unwrapped
     return np.array([bool(u.goal_success(g)) for g in goals], dtype=bool)
-
-
-def sample_states(env, n: int, seed: int):
-    """Classic control: ``n`` frames of uniformly sampled states (full coverage of every goal's region).
-
-    CartPole: x in [-2.4, 2.4], theta in [-24, 24] degrees; MountainCar: position in [-1.2, 0.6].
-    Returns (frames uint8 (n,H,W,3), labels bool (n, len(task_set))).
-    """
-    u = env.unwrapped
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    frames, labels = [], []
-    for _ in range(n):
-        if len(u.state) == 4:
-            u.state = np.array([rng.uniform(-2.4, 2.4), rng.normal(0, 1), rng.uniform(-0.42, 0.42), rng.normal(0, 1)])
-        else:
-            # half uniform over the track, half near the flag (the training goal's region is 6% of the track)
-            lo = u.min_position if rng.random() < 0.5 else u.goal_position - 0.25
-            u.state = np.array([rng.uniform(lo, u.max_position), rng.uniform(-0.07, 0.07)])
-        frames.append(np.asarray(env.render()))
-        labels.append(label_frame(env, u.task_set))
-    return np.stack(frames), np.stack(labels)
-
-
-#: Household state sampler: probabilities of (carrying an object, two floor objects 4-adjacent, agent facing
-#: an object) per family. Carrying only where the action space has pickup (Find has none).
-_STATE_MIX = {"find": (0.0, 0.25, 0.5), "lift": (0.5, 0.25, 0.35), "pickplace": (0.3, 0.6, 0.3)}
-_DIRS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's DIR_TO_VEC
-
-
-def sample_household_states(env, n: int, seed: int):
-    """Household domains: ``n`` frames of randomised states, each in a freshly generated room.
-
-    Episode frames are few and strongly correlated (a goal holds on ~1 frame per expert episode); these
-    states cover every relation the goals name, at a known rate (:data:`_STATE_MIX`): the agent on a random
-    free cell facing a random direction or facing an object, an object carried (drawn on the agent's cell),
-    two objects moved next to each other. Every state is one the environment can reach (objects are only
-    moved between floor cells and the hand). Labels are ``goal_success`` of the task set, as for episodes.
-    Returns (frames uint8 (n,S,S,3), labels bool (n, len(task_set))).
-    """
-    u = env.unwrapped
-    p_carry, p_adj, p_face = _STATE_MIX[u.family]
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)  # one seed, then the env's own generator: no overlap with other splits' seeds
-    frames, labels = [], []
-    for _ in range(n):
-        env.reset()
-        u.agent_pos = (-1, -1)  # objects may move onto the agent's old cell; the agent is placed last
-        inner = range(1, u.width - 1)
-        free = lambda: [(i, j) for i in inner for j in inner if u.grid.get(i, j) is None]  # noqa: E731
-        objs = [u.grid.get(i, j) for i in inner for j in inner if u.grid.get(i, j) is not None]
-        if rng.random() < p_carry:
-            o = objs.pop(int(rng.integers(len(objs))))
-            u.grid.set(*o.cur_pos, None)
-            o.cur_pos, u.carrying = (-1, -1), o
-        if len(objs) >= 2 and rng.random() < p_adj:
-            a, b = rng.choice(len(objs), 2, replace=False)
-            bx, by = objs[b].cur_pos
-            spots = [(bx + dx, by + dy) for dx, dy in _DIRS if u.grid.get(bx + dx, by + dy) is None]
-            if spots:
-                x, y = spots[int(rng.integers(len(spots)))]
-                u.grid.set(*objs[a].cur_pos, None)
-                u.grid.set(x, y, objs[a])
-                objs[a].cur_pos = (x, y)
-        cells = free()
-        facing = []
-        if objs and rng.random() < p_face:
-            o = objs[int(rng.integers(len(objs)))]
-            facing = [((o.cur_pos[0] - dx, o.cur_pos[1] - dy), d) for d, (dx, dy) in enumerate(_DIRS)
-                      if u.grid.get(o.cur_pos[0] - dx, o.cur_pos[1] - dy) is None]
-        if facing:
-            u.agent_pos, u.agent_dir = facing[int(rng.integers(len(facing)))]
-        else:
-            u.agent_pos, u.agent_dir = cells[int(rng.integers(len(cells)))], int(rng.integers(4))
-        u.agent_pos = tuple(int(v) for v in u.agent_pos)
-        frames.append(u.gen_obs())
-        labels.append(label_frame(env, u.task_set))
-    return np.stack(frames), np.stack(labels)
 
 
 def _resize(frames: np.ndarray, cfg: DataConfig) -> np.ndarray:
@@ -296,8 +205,7 @@ def generate(cfg: DataConfig, progress: bool = True) -> FrameDataset:
             bar.update()
         n_states = over.get("random_states", cfg.random_states)
         if n_states:
-            sampler = sample_states if hasattr(env.unwrapped, "GOALS") else sample_household_states
-            st_frames, st_labels = sampler(env, n_states, SPLIT_SEEDS[cfg.split] + 999_999)
+            st_frames, st_labels = env.unwrapped.sample_states(n_states, SPLIT_SEEDS[cfg.split] + 999_999)
             frames.append(_resize(st_frames, cfg))
             lab = np.zeros((len(st_labels), len(goals)), dtype=bool)
             lab[:, env_goals[e]] = st_labels

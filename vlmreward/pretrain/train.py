@@ -21,13 +21,15 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmreward import config, fileio
+from vlmreward.config import option, require
 from vlmreward.models import load_model
 from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions
 from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, export_hub_dir, is_hf_text,
@@ -43,55 +45,60 @@ DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
 @dataclass
 class PretrainConfig:
     """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
-    model: str = DEFAULT_MODEL
-    epochs: int = 16
-    steps_per_epoch: int = 500
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    num_negatives: int = 8          # reward loss: negatives per query, sampled from (2, 4, ..., num_negatives)
-    num_queries: int = 8            # reward loss: query goals per frame
-    clip_weight: float = 0.5        # weight of the contrastive term beside the reward term
-    hard_queries: int = 3           # reward loss: of the num_queries, this many are the frame's highest-scoring
-                                    # goals that do not hold (within-family hard negatives; v1: 0)
-    sigmoid_weight: float = 1.0     # weight of the per-goal sigmoid loss within the family (v1: 0)
-    attribute_captions: bool = True  # also train partial goals ("go to the red object", "go to the key";
-                                     # captions.attribute_captions) in the contrastive and sigmoid terms (v1-2: off)
-    init: str = ""                  # warm start: a hub directory (e.g. vlmreward/assets/default) to load first
-    positive_fraction: float = 0.5  # share of sampled frames (per environment) where a training goal holds
-    eval_negatives: int = 8         # validation: negatives per goal (capped by the task set size)
-    max_val_frames: int = 4000      # validation on an evenly strided subset (keeps epochs short)
-    data_scale: float = 1.0         # multiplies the default recipe's episode counts
-    heldout_states: bool = True     # also train on household frames where a held-out goal holds (as negatives
-                                    # of the training goals); False: zero-shot protocol, such frames are never seen
-    # share of each environment in a batch (unlisted: 1); the v4 default oversamples the harder household tasks
-    env_weights: str = "Lift=2,PickPlace=2.5,CartPoleUpright=0.5,MountainCarFlag=0.5"
-    precision: str = "bf16"         # "bf16": the image tower runs under CPU/CUDA autocast to bfloat16 (weights,
-                                    # losses and the exported model stay float32); the shipped v4 recipe. Speed
-                                    # depends on the CPU: ~1.4x faster on one 2-core machine, 13-15% slower than
-                                    # "fp32" on an AVX-512-BF16 Xeon (docs/default_model.md)
-    data_dir: str = "data/pretrain"
-    out: str = "runs/pretrain"
-    export: str = ""                # also write the final model here in open_clip hub layout
-    seed: int = 0
-    threads: int = 1
-    resume: bool = False
-    progress: bool = True
+    model: str = option(DEFAULT_MODEL, "registered open_clip architecture to train (vlmreward/model_configs)")
+    epochs: int = option(16, "training epochs")
+    steps_per_epoch: int = option(500, "optimiser steps per epoch")
+    batch_size: int = option(128, "frames per step")
+    lr: float = option(1e-3, "peak AdamW learning rate (linear warm-up, cosine decay)")
+    weight_decay: float = option(0.05, "AdamW weight decay (not on gains, biases, logit_scale)")
+    warmup_steps: int = option(100, "linear warm-up steps")
+    num_negatives: int = option(8, "reward loss: negatives per query, sampled from (2, 4, ..., num_negatives)")
+    num_queries: int = option(8, "reward loss: query goals per frame")
+    clip_weight: float = option(0.5, "weight of the contrastive term beside the reward term")
+    hard_queries: int = option(3, "reward loss: of the num_queries, this many are the frame's highest-scoring "
+                                  "goals that do not hold (within-family hard negatives; v1: 0)")
+    sigmoid_weight: float = option(1.0, "weight of the per-goal sigmoid loss within the family (v1: 0)")
+    attribute_captions: bool = option(True, "also train partial goals ('go to the red object', 'go to the key') "
+                                            "in the contrastive and sigmoid terms (v1-2: off)")
+    init: str = option("", "warm start: a hub directory (e.g. vlmreward/assets/default) to load first")
+    positive_fraction: float = option(0.5, "share of sampled frames (per environment) where a training goal holds")
+    eval_negatives: int = option(8, "validation: negatives per goal (capped by the task set size)")
+    max_val_frames: int = option(4000, "validation on an evenly strided subset (keeps epochs short)")
+    data_scale: float = option(1.0, "multiplies the default recipe's episode counts")
+    heldout_states: bool = option(True, "also train on household frames where a held-out goal holds (as "
+                                        "negatives of the training goals); off: the zero-shot protocol")
+    env_weights: str = option("Lift=2,PickPlace=2.5,CartPoleUpright=0.5,MountainCarFlag=0.5",
+                              "share of each environment in a batch (unlisted: 1); the v4 default oversamples "
+                              "the harder household tasks")
+    precision: str = option("bf16", "'bf16': the image tower runs under autocast to bfloat16 (weights, losses "
+                                    "and the exported model stay float32; the shipped v4 recipe), or 'fp32'; "
+                                    "which is faster depends on the CPU (docs/default_model.md)")
+    data_dir: str = option("data/pretrain", "cache folder of the generated datasets")
+    out: str = option("runs/pretrain", "run folder (checkpoint.pt, best/, final/, history.json)")
+    export: str = option("", "also write the final model here in open_clip hub layout (+ RECIPE.json)")
+    seed: int = option(0, "seed of the model, the sampling and the validation negatives")
+    threads: int = option(1, "torch CPU threads")
+    resume: bool = option(False, "continue from <out>/checkpoint.pt")
+    progress: bool = option(True, "show progress bars")
+
+    def check(self) -> None:
+        """Validates field values; raises ConfigError (a ValueError) naming the bad field."""
+        require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "warmup_steps", "num_negatives", "num_queries",
+                     "eval_negatives", "threads"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(0.0 < self.positive_fraction < 1.0,
+                f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+        require(self.data_scale > 0, f"data_scale must be > 0, got {self.data_scale}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for f in fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=typ, default=f.default)
+    """``--config`` and one flag per ``PretrainConfig`` field (:mod:`vlmreward.config`)."""
+    config.add_arguments(parser, PretrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    cfg = config.from_namespace(PretrainConfig, args)
     metrics = train(cfg, argv=sys.argv)
     print(json.dumps(metrics["val"], indent=1))
     return 0
@@ -257,6 +264,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     without a (valid) checkpoint.
     """
     from tqdm.auto import tqdm
+    config.check(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -276,8 +284,6 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     if train_ds.frames.shape[1] != size:
         raise ValueError(f"dataset frames are {train_ds.frames.shape[1]} px, model {cfg.model} needs {size}")
 
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
     model = build_model(cfg.model)
     model.train()
     model.visual.to(memory_format=torch.channels_last)  # ~1.3-1.5x faster convolutions on CPU (oneDNN)
@@ -392,15 +398,14 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                                         "history": json.dumps(history), "config": asdict(cfg)})
     export_hub_dir(model, cfg.model, out / "final")
     result = {"val": history[-1]["val"] if history else {}, "best": best, "history": history, "out": str(out)}
-    (out / "history.json").write_text(json.dumps(history, indent=1))
+    fileio.write_json(out / "history.json", history, indent=1)
     if cfg.export:
         recipe = {"command": " ".join(["vlmreward", "pretrain", *(argv or [])[2:]]) if argv else None,
                   "config": asdict(cfg), "data_recipe": {s: asdict(default_recipe(s, size, cfg.data_scale))
                                                          for s in ("train", "val")},
                   "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history}
         export_hub_dir(model, cfg.model, cfg.export, extra={"seed": cfg.seed})
-        Path(cfg.export, "RECIPE.json").write_text(json.dumps(recipe, indent=1, default=list) + "\n")
+        fileio.write_json(Path(cfg.export, "RECIPE.json"), recipe, indent=1, default=list)
         # the stability record the tests check a shipped model against (reloaded through the real loader)
-        Path(cfg.export, REFERENCE_FILE).write_text(
-            json.dumps(reference_rewards(load_model(str(cfg.export))), indent=1) + "\n")
+        fileio.write_json(Path(cfg.export, REFERENCE_FILE), reference_rewards(load_model(str(cfg.export))), indent=1)
     return result

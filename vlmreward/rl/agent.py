@@ -68,16 +68,6 @@ class PixelEncoder(nn.Module):
         self.keypoints = SpatialSoftmax()
         self.goal_proj = layer_init(nn.Linear(goal_dim, channels)) if goal_dim else None
         self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels + 2 * k, hidden)), nn.ReLU())
-        self._register_load_state_dict_pre_hook(self._rename_old_keys)
-
-    @staticmethod
-    def _rename_old_keys(state_dict, prefix, *args):
-        """Checkpoints from before the goal attention: ``stem`` held the patchify convolution (stem.0) and the
-        first 3x3 convolution (stem.2)."""
-        if prefix + "stem.2.weight" in state_dict and prefix + "patchify.0.weight" not in state_dict:
-            for name in ("weight", "bias"):
-                state_dict[prefix + "patchify.0." + name] = state_dict.pop(prefix + "stem.0." + name)
-                state_dict[prefix + "stem.0." + name] = state_dict.pop(prefix + "stem.2." + name)
 
     @torch.no_grad()
     def prepare(self, frames) -> torch.Tensor:

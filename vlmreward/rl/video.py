@@ -1,8 +1,10 @@
 """`vlmreward enjoy`: record a trained agent (a `vlmreward train` checkpoint) as a GIF or MP4.
 
 Frames are the environment's own renders (uint8 (H,W,3)); the episodes run in the environment the agent
-was trained on, with its goals chosen per episode (``--goal``) or cycled over the training goals. Ground-truth
-success of each episode is printed. MP4 needs an imageio video plugin (``pip install imageio-ffmpeg``).
+was trained on, with its goals chosen per episode (``--goal``) or cycled over the training goals, and end as
+the environment's own episodes do (no reward model runs here): a goal-reaching environment ends at
+ground-truth success, a per-step one (CartPoleUpright) on failure or timeout. Ground-truth success of each
+episode (any step) is printed. MP4 needs an imageio video plugin (``pip install imageio-ffmpeg``).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from vlmreward import fileio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,35 +40,24 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
     import imageio.v2 as imageio
 
     import vlmreward  # noqa: F401  (registers the environments)
-    from vlmreward.agent import Agent
-    from vlmreward.ppo import Args, NoSuccessTermination, load_checkpoint
+    from vlmreward.rl.checkpoint import build_agent, checkpoint_path, load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    out = Path(out) if out is not None else run_dir / "rollout.gif"
+    out = Path(out) if out is not None else checkpoint_path(checkpoint).parent / "rollout.gif"
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise ValueError(f"output must end in .gif or .mp4, got {out.name!r}")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    args = Args(**state["args"])
-    names = list(state["goals"])
+    meta = state["meta"]
+    names = list(meta["goals"])
     language = names != [""]
-    train_goals = list(args.train_goals or []) or [g for g in state.get("train_goals", names) if g]
-    goals = list(goals) if goals else (train_goals if language else [""])
+    goals = list(goals) if goals else ([g for g in meta["train_goals"] if g] if language else [""])
     for g in goals:
         if g not in names:
-            raise ValueError(f"goal {g!r} is not one of the agent's goals (the task set of {args.env_id}, e.g. "
-                             f"{names[0]!r})")
-    agent = Agent(state["observation_shape"], state["num_actions"], state["agent"]["goal_embeddings"],
-                  image_size=args.image_size, patch=args.patch, channels=args.channels,
-                  hidden=args.hidden, goal_heads=args.goal_heads)
-    agent.load_state_dict(state["agent"])
-    agent.eval()
-
-    kwargs = dict(state["env_kwargs"], render_mode="rgb_array")
-    env = gym.make(args.env_id, **kwargs)
-    if args.reward == "vlm" and language and len(names) > 1:
-        env = NoSuccessTermination(env)  # as in training: only the VLM (absent here) or a timeout ends it
+            raise ValueError(f"goal {g!r} is not one of the agent's goals (the task set of "
+                             f"{meta['args']['env_id']}, e.g. {names[0]!r})")
+    agent = build_agent(state)
+    env = gym.make(meta["args"]["env_id"], **dict(meta["env_kwargs"], render_mode="rgb_array"))
     frames, successes = [], []
     rng = np.random.default_rng(seed)
     try:
@@ -81,22 +74,21 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
                 obs, _, terminated, truncated, info = env.step(int(action[0]))
                 frames.append(env.render())
                 success = success or bool(info.get("success", False))
-                # with the VLM absent, an episode of a goal-reaching domain ends at ground-truth success
-                if terminated or truncated or (language and len(names) > 1 and success):
+                if terminated or truncated:
                     break
             successes.append(success)
             print(f"episode {e}: goal {goal!r}: ground-truth success {success} ({len(frames)} frames so far)")
     finally:
         env.close()
-    if out.suffix.lower() == ".mp4":
+    suffix = out.suffix.lower()
+    if suffix == ".mp4":
         try:
-            imageio.mimsave(out, frames, fps=fps)
+            fileio.write_with(out, lambda tmp: imageio.mimsave(tmp, frames, format=suffix, fps=fps))
         except Exception as err:  # no ffmpeg / pyav plugin
             raise RuntimeError(f"cannot write {out}: {err}; install a video plugin (pip install imageio-ffmpeg) "
                                "or write a .gif") from err
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimsave(out, frames, duration=1000.0 / fps, loop=0)
+        fileio.write_with(out, lambda tmp: imageio.mimsave(tmp, frames, format=suffix, duration=1000.0 / fps, loop=0))
     return {"path": str(out), "frames": len(frames), "success": successes, "goals": goals[:episodes]}
 
 

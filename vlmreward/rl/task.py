@@ -1,0 +1,156 @@
+"""What the trainer runs on: the environment's goals, the reward model, vector environments, agent evaluation.
+
+:class:`Task` reads the environment's declaration (:mod:`vlmreward.envs`: goal-reaching or per-step) and builds
+the goal bank and reward model of Baumli et al. (arXiv 2312.09187, eqs. 1-2) once; :func:`make_envs` stacks
+the wrappers a training or evaluation run needs, in this order::
+
+    gym.make_vec(env_id, NEXT_STEP autoreset)      sub-envs wrapped by NoSuccessTermination under a VLM reward
+      -> VectorVLMRewardWrapper                    VLM reward of every sub-env in one batched call ('vlm' only)
+      -> EpisodeStatistics                         per-episode return / VLM return / ground truth
+"""
+from __future__ import annotations
+
+import difflib
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from vlmreward.envs import check_env_id, ends_on_success
+from vlmreward.wrappers import EpisodeStatistics, NoSuccessTermination, VectorVLMRewardWrapper
+
+
+class Task:
+    """Goals, reward model and environment settings of a training run (``args``: a ``vlmreward.rl.ppo.Args``).
+
+    Attributes: ``language`` (the env has language goals), ``task_set`` / ``train_goals`` / ``heldout_goals``
+    (tuples of goal strings), ``bank`` (GoalBank over the task set), ``reward_model`` (RewardModel in 'vlm' mode,
+    else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``terminate_on_success`` (VLM success ends an
+    episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
+    Raises ValueError for an unknown id, a non-Discrete action space, goals outside the task set, or a VLM
+    reward asked of an environment without language goals.
+    """
+
+    def __init__(self, args, device: torch.device):
+        check_env_id(args.env_id)
+        probe = gym.make(args.env_id)
+        base = probe.unwrapped
+        self.args = args
+        self.language = hasattr(base, "task_set")
+        self.observation_shape = tuple(probe.observation_space.shape)
+        if not isinstance(probe.action_space, gym.spaces.Discrete):
+            raise ValueError(f"{args.env_id}: the trainer needs a Discrete action space, got {probe.action_space}")
+        self.num_actions = int(probe.action_space.n)
+        probe.close()
+        self.reward_model = self.bank = None
+        self.terminate_on_success = (ends_on_success(base) if args.terminate_on_success is None
+                                     else args.terminate_on_success)
+        if not self.language:  # a plain gymnasium env: one implicit goal, ground-truth reward only
+            if args.reward == "vlm":
+                raise ValueError(f"{args.env_id} has no language goals (no task_set): use --reward gt or a "
+                                 "vlmreward/* environment")
+            if args.train_goals:
+                raise ValueError(f"{args.env_id} has no language goals; --train-goals does not apply")
+            self.task_set, self.train_goals, self.heldout_goals = ("",), ("",), ()
+            self.goal_embeddings = torch.zeros(1, 0)
+            self.env_kwargs = _env_kwargs(args, None)
+            return
+        self.task_set = tuple(base.task_set)
+        self.train_goals = tuple(args.train_goals) if args.train_goals else tuple(base.train_goals)
+        for g in self.train_goals:
+            if g not in self.task_set:
+                close = difflib.get_close_matches(g, self.task_set, n=3)
+                raise ValueError(f"goal {g!r} is not in the task set of {args.env_id}"
+                                 + (f"; did you mean {close}?" if close else ""))
+        self.heldout_goals = tuple(g for g in base.heldout_goals if g not in self.train_goals)
+        from vlmreward.goals import GoalBank
+        from vlmreward.models import load_model
+        from vlmreward.reward import RewardModel
+
+        model = load_model(args.model, args.pretrained, device=str(device))
+        frame_size = args.frame_size
+        if frame_size is None and hasattr(base, "frame_size"):  # frames at the model's size: no resize later
+            frame_size = int(model.preprocess_cfg["image_size"])
+        self.env_kwargs = _env_kwargs(args, frame_size)
+        kw = {"templates": tuple(args.templates)} if args.templates else {}
+        self.bank = GoalBank(model, list(self.task_set), negatives=list(self.task_set),
+                             num_negatives=args.num_negatives, seed=args.seed, **kw)
+        self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
+        if args.reward == "vlm":
+            self.reward_model = RewardModel(model, self.bank, threshold=args.threshold)
+
+    def goal_id(self, goal: str) -> int:
+        return self.bank.index(goal) if self.language else 0
+
+
+def _env_kwargs(args, frame_size: int | None) -> dict:
+    kwargs = {}
+    if args.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = args.max_episode_steps
+    if frame_size is not None:
+        kwargs["frame_size"] = frame_size
+    return kwargs
+
+
+def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync") -> EpisodeStatistics:
+    """A vector env over ``task`` (NEXT_STEP autoreset) with the wrappers of the module doc."""
+    vlm = task.reward_model is not None
+    wrappers = [NoSuccessTermination] if vlm and task.terminate_on_success else None
+    kwargs = dict(task.env_kwargs)
+    if task.language:
+        kwargs["render_mode"] = "rgb_array"
+        kwargs["goal_pool"] = tuple(goals)
+    vector_kwargs = {"shared_memory": False} if mode == "async" else {}
+    envs = gym.make_vec(task.args.env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
+                        wrappers=wrappers, **kwargs)
+    if vlm:
+        envs = VectorVLMRewardWrapper(envs, task.reward_model, terminate_on_success=task.terminate_on_success,
+                                      keep_env_reward=True, score_all_goals=task.args.hindsight_coef > 0)
+    return EpisodeStatistics(envs)
+
+
+def split_observation(task: Task, obs, infos, num_envs: int):
+    """(raw observation batch, goal ids int64 (B,)) from a vector env's observation and info."""
+    if isinstance(obs, dict):
+        return obs["observation"], torch.as_tensor(np.asarray(obs["goal_id"]), dtype=torch.int64)
+    if task.language:
+        return obs, torch.tensor([task.goal_id(g) for g in infos["goal"]], dtype=torch.int64)
+    return obs, torch.zeros(num_envs, dtype=torch.int64)
+
+
+def achieved_goals(task: Task, envs, infos, goal_ids: list[int]) -> np.ndarray:
+    """bool (B, len(goal_ids)): which of ``goal_ids`` the TRAINED reward rewards on the frame after the action.
+
+    VLM mode: the binary VLM reward of every goal (``info["vlm_rewards_all"]``, the same model call); ground-truth
+    mode: the environments' own ``goal_success``. Each mode relabels from its own reward and nothing else.
+    """
+    if task.reward_model is not None:
+        return np.asarray(infos["vlm_rewards_all"])[:, goal_ids] > 0
+    goals = [task.bank.goals[g] for g in goal_ids]
+    return np.stack([np.asarray(envs.unwrapped.call("goal_success", g), dtype=bool) for g in goals], axis=1)
+
+
+@torch.no_grad()
+def evaluate_agent(agent, task: Task, goals, episodes: int, *, seed: int, deterministic: bool = False) -> dict:
+    """Ground-truth evaluation of an agent: ``episodes`` episodes (goals cycled) in one environment wrapped as
+    in training. Returns {"success": mean ground-truth success (any step), "gt_return", "vlm_return": means,
+    "episodes": int}; NaN means and 0 episodes when ``goals`` is empty."""
+    if not goals or episodes < 1:
+        return {"success": float("nan"), "gt_return": float("nan"), "vlm_return": float("nan"), "episodes": 0}
+    envs = make_envs(task, 1, goals)
+    rng = np.random.default_rng(seed)
+    stats = []
+    try:
+        for e in range(episodes):
+            options = {"goal": goals[e % len(goals)]} if task.language else None
+            obs, infos = envs.reset(seed=int(rng.integers(2 ** 31)), options=options)
+            while "episode" not in infos:
+                x, goal_ids = split_observation(task, obs, infos, 1)
+                action = agent.get_action_and_value(agent.prepare(x), goal_ids, deterministic=deterministic)[0]
+                obs, _, _, _, infos = envs.step(action.cpu().numpy())
+            stats.append({k: float(v[0]) for k, v in infos["episode"].items()})
+    finally:
+        envs.close()
+    return {"success": float(np.mean([s["gt_success"] for s in stats])),
+            "gt_return": float(np.mean([s["gt_r"] for s in stats])),
+            "vlm_return": float(np.mean([s["vlm_r"] for s in stats])), "episodes": episodes}
