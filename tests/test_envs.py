@@ -255,3 +255,21 @@ def test_household_states_cover_the_relations(env_id, relation_rate):
         assert all(u.grid.get(i, j) is not u.carrying for i in range(u.width) for j in range(u.height))
     np.testing.assert_array_equal(labels[-1], [u.goal_success(g) for g in u.task_set])
     env.close()
+
+
+def test_every_environment_declares_its_reward_style_and_family():
+    from vlmreward.envs import (DECLARATIONS, GOAL_REACHING, PER_STEP, check_env_id, declaration, ends_on_success,
+                                family, reward_style)
+    assert set(DECLARATIONS) == set(ENV_IDS)
+    for env_id in ENV_IDS:
+        env = gym.make(env_id)
+        assert reward_style(env) == declaration(env_id).reward_style == reward_style(env_id)
+        assert env_id.split("/")[1].startswith(family(env_id))
+        assert callable(env.unwrapped.sample_states)
+        env.close()
+    assert reward_style("vlmreward/CartPoleUpright-v0") == PER_STEP and not ends_on_success("vlmreward/MountainCarFlag-v0")
+    assert reward_style(gym.make("CartPole-v1")) == GOAL_REACHING  # declares nothing: the paper's default
+    with pytest.raises(ValueError, match="did you mean.*Find-v0"):
+        check_env_id("vlmreward/Fnd-v0")
+    with pytest.raises(ValueError, match="not a vlmreward environment"):
+        declaration("CartPole-v1")

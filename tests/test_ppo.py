@@ -220,3 +220,17 @@ def test_hindsight_run_relabels_and_logs(tmp_path):
     assert np.isfinite(metrics["losses/hindsight_bc"][1]).all()
     with pytest.raises(ValueError, match="hindsight"):
         ppo.check_args(ppo.Args(hindsight_coef=-1.0))
+
+
+def test_enjoy_on_a_per_step_domain_records_whole_episodes(tmp_path, tiny_clip_dir):
+    """CartPoleUpright is rewarded every step the pole is up: an episode recorded by `enjoy` runs until the pole
+    falls or time runs out (it used to end at the first frame, where the pole starts upright)."""
+    run = tmp_path / "cart"
+    ppo.train(ppo.Args(**dict(QUICK, env_id="vlmreward/CartPoleUpright-v0", total_timesteps=256),
+                       model=str(tiny_clip_dir), run_dir=str(run)))
+    result = video.record(run, tmp_path / "cart.gif", episodes=2, seed=0)
+    assert result["frames"] > 2 * 8  # whole episodes: even a random policy keeps the pole up ~10+ steps
+    import gymnasium as gym
+    env = gym.make("vlmreward/CartPoleUpright-v0")
+    env.reset(seed=0)
+    assert env.unwrapped.goal_success("the pole is upright")  # the state that used to end the recording

@@ -111,3 +111,78 @@ def test_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         video.record(bad)
+
+
+def _cli_error(capsys, argv):
+    """(exit status, stderr) of the CLI; argparse errors exit through SystemExit."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--num-env", "4"], "--num-env"),  # abbreviations are off: not --num-envs
+    (["train", "--res", "x"], "--res"),  # ... nor --resume
+    (["train", "--num-envs", "four"], "invalid int value"),
+    (["train", "--env-id", "vlmreward/Fnd-v0", "--reward", "gt"], "unknown environment id"),
+    (["train", "--config", "no-such-config"], "config file not found"),
+    (["enjoy", "missing-run/checkpoint.pt"], "checkpoint not found"),
+    (["pretrain", "--epoch", "2"], "--epoch"),
+    (["pretrain", "--precision", "fp8"], "precision"),
+])
+def test_user_errors_print_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli_error(capsys, argv)
+    assert code == 2, err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()  # a failed start writes nothing
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("num_envs: null\n", "must be int, got null"),
+    ("num_envs: true\n", "must be int, got True"),
+    ("learning_rate: [1, 2]\n", "must be float"),
+    ("threshold: high\n", "must be float"),
+    ("templates: a photo of {}\n", "list of strings"),
+    ("num_envs: 3.5\n", "integer"),
+    ("env_id: [\n", "not valid YAML"),
+])
+def test_bad_yaml_values_exit_2(capsys, tmp_path, monkeypatch, text, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(text)
+    code, err = _cli_error(capsys, ["train", "--config", "bad.yaml"])
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="unknown environment id"):
+        cli.main(["train", "--debug", "--env-id", "Nope-v0", "--reward", "gt"])
+    monkeypatch.setenv("VLMREWARD_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown environment id"):
+        cli.main(["train", "--env-id", "Nope-v0", "--reward", "gt"])
+
+
+def test_train_and_pretrain_share_one_config_front_end(tmp_path):
+    """Both commands' flags come from vlmreward.config: every field a flag with its help text, YAML + flag
+    precedence and type checks alike (the pretrain generator used to raise KeyError on list/optional types)."""
+    from vlmreward import config
+    from vlmreward.pretrain import train as pretrain
+    for cls, module in ((ppo.Args, ppo), (pretrain.PretrainConfig, pretrain)):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        actions = {a.dest: a for a in parser._actions}
+        for f in dataclasses.fields(cls):
+            assert f.name in actions and f.metadata["help"] in actions[f.name].help, f.name
+    (tmp_path / "p.yaml").write_text("epochs: 3\nsteps_per_epoch: 1e2\nprogress: false\nlr: 1\n")
+    parser = argparse.ArgumentParser()
+    pretrain.add_arguments(parser)
+    cfg = config.from_namespace(pretrain.PretrainConfig,
+                                parser.parse_args(["--config", str(tmp_path / "p.yaml"), "--epochs", "5"]))
+    assert (cfg.epochs, cfg.steps_per_epoch, cfg.progress, cfg.lr) == (5, 100, False, 1.0)
+    assert isinstance(cfg.lr, float) and cfg.model == pretrain.PretrainConfig().model
+    (tmp_path / "q.yaml").write_text("epochs: true\n")
+    with pytest.raises(TypeError, match="epochs"):
+        config.from_namespace(pretrain.PretrainConfig, parser.parse_args(["--config", str(tmp_path / "q.yaml")]))

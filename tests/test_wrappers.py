@@ -262,3 +262,69 @@ def test_vector_score_all_goals_matches_per_goal_rewards(tiny_model, find_bank, 
         active = ~done_before
         np.testing.assert_array_equal(all_r[active], rm(obs["observation"][active]).rewards.numpy())
         done_before = terminated | truncated
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_default_episode_end_follows_the_declared_reward_style(tiny_model, cartpole_bank, find_bank, vector):
+    """terminate_on_success=None: a per-step environment (CartPoleUpright) is never ended by the VLM, even when
+    the reward fires at every step while the pole is up; a goal-reaching one (Find) ends at the first reward."""
+    always = RewardModel(tiny_model, cartpole_bank, threshold=0.0)  # p > 0: the reward fires on every frame
+    if vector:
+        env = VectorVLMRewardWrapper(gym.make_vec(CARTPOLE, num_envs=1, render_mode="rgb_array"), always,
+                                     goal="the pole is upright")
+    else:
+        env = VLMRewardWrapper(gym.make(CARTPOLE, render_mode="rgb_array"), always, goal="the pole is upright")
+    assert env.terminate_on_success is False
+    env.reset(seed=0)
+    steps, rewards = 0, []
+    while True:  # alternate pushes keep the pole up for a while; only gymnasium's own failure ends it
+        obs, reward, terminated, truncated, info = env.step(np.array([steps % 2]) if vector else steps % 2)
+        steps, done = steps + 1, bool(np.any(terminated) or np.any(truncated))
+        rewards.append(float(np.asarray(reward).ravel()[0]))
+        pole_up = bool(np.asarray(info["gt_success"]).ravel()[0])
+        if done:
+            break
+        assert steps < 500
+    assert steps > 5 and all(r == 1.0 for r in rewards)
+    base = env.unwrapped if not vector else None
+    if base is not None:
+        assert base.state is not None and not pole_up  # it ended because the pole fell, not on the reward
+    find = RewardModel(tiny_model, find_bank, threshold=0.0)
+    wrapped = (VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=1, **SMALL), find) if vector
+               else VLMRewardWrapper(gym.make(FIND, **SMALL), find))
+    assert wrapped.terminate_on_success is True
+    wrapped.reset(seed=0)
+    _, _, terminated, _, _ = wrapped.step(np.array([0]) if vector else 0)
+    assert bool(np.asarray(terminated).ravel()[0])
+
+
+def test_plain_gymnasium_env_is_goal_reaching(tiny_model, cartpole_bank):
+    rm = RewardModel(tiny_model, cartpole_bank, threshold=0.0)
+    env = VLMRewardWrapper(gym.make("CartPole-v1", render_mode="rgb_array"), rm, goal="the pole is upright")
+    assert env.terminate_on_success is True  # declares nothing: the paper's goal-reaching default
+
+
+def test_episode_statistics_sum_rewards_and_ground_truth(tiny_model, find_bank):
+    """EpisodeStatistics against sums kept by hand over the same NEXT_STEP rollout (reset steps excluded)."""
+    from vlmreward.wrappers import EpisodeStatistics
+    rm = RewardModel(tiny_model, find_bank, threshold=0.3)
+    env = EpisodeStatistics(VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=3, max_episode_steps=6, **SMALL),
+                                                   rm, keep_env_reward=True))
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    sums, prev_done, episodes = np.zeros((3, 4)), np.zeros(3, bool), 0
+    for _ in range(40):
+        _, reward, term, trunc, info = env.step(rng.integers(0, 3, 3))
+        live = ~prev_done
+        step = np.stack([reward, np.ones(3), info["vlm_reward"], info["env_reward"]], 1)
+        sums[live] += step[live]
+        done = term | trunc
+        ended = done & live
+        np.testing.assert_array_equal(info.get("_episode", np.zeros(3, bool)), ended)
+        for i in np.flatnonzero(ended):
+            ep = info["episode"]
+            assert (ep["r"][i], ep["l"][i], ep["vlm_r"][i], ep["gt_r"][i]) == tuple(sums[i])
+            episodes += 1
+        sums[done] = 0.0
+        prev_done = done
+    assert episodes >= 10

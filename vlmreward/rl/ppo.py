@@ -195,6 +195,13 @@ class Rollout:
             setattr(self, name, torch.zeros((T, B), device=device))
         self.achieved = torch.zeros((T, B, num_hindsight_goals), dtype=torch.bool)
 
+    def flatten(self, advantages: torch.Tensor) -> dict:
+        """The (T*B,) batch the epochs sample minibatches from; returns = advantages + values."""
+        return {"x": self.x.reshape((-1,) + self.x.shape[2:]), "goal": self.goal.reshape(-1),
+                "actions": self.actions.reshape(-1), "logprobs": self.logprobs.reshape(-1),
+                "advantages": advantages.reshape(-1), "returns": (advantages + self.values).reshape(-1),
+                "values": self.values.reshape(-1), "valid": self.valid.reshape(-1)}
+
 
 def ppo_loss(learner, rollout: Rollout, b: dict, mb: torch.Tensor, hs, args: Args):
     """Clipped-objective loss of one minibatch (Schulman et al., arXiv 1707.06347), reset steps masked out.
@@ -291,6 +298,37 @@ def _warn_if_never_fired(fired: float, prob_max: float, args: Args, steps: int) 
                       "best-F1 beta).", RuntimeWarning, stacklevel=3)
 
 
+def _progress_bar(args: Args, rank: int, total: int, done: int):
+    if not args.progress or rank != 0 or done >= total:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, desc=args.env_id)
+
+
+def _log_episodes(logger: RunLogger, infos: dict, step: int, recent: dict, *, vlm: bool) -> None:
+    """CleanRL's episode charts from ``EpisodeStatistics`` (``info["episode"]``), plus the ground truth."""
+    tags = (("episodic_return", "r"), ("episodic_length", "l"), ("gt_return", "gt_r"), ("gt_success", "gt_success"))
+    for i in np.flatnonzero(infos.get("_episode", ())):
+        episode = {k: float(v[i]) for k, v in infos["episode"].items()}
+        for tag, key in tags + ((("vlm_return", "vlm_r"),) if vlm else ()):
+            logger.log(f"charts/{tag}", episode[key], step)
+        recent["gt_success"].append(episode["gt_success"])
+        recent["return"].append(episode["r"])
+
+
+def _log_update(logger: RunLogger, step: int, optimizer, stats: dict, clipfracs: list, b: dict, sps: float) -> None:
+    """CleanRL's losses/* and perf/* scalars of one iteration (losses of its last minibatch)."""
+    y_pred, y_true = b["values"].cpu().numpy(), b["returns"].cpu().numpy()
+    var_y = np.var(y_true)
+    logger.log("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
+    for key in ("value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl", "hindsight_bc"):
+        if key in stats:
+            logger.log(f"losses/{key}", float(stats[key]), step)
+    logger.log("losses/clipfrac", float(np.mean(clipfracs)), step)
+    logger.log("losses/explained_variance", np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y, step)
+    logger.log("perf/steps_per_second", sps, step)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------------------
@@ -349,11 +387,7 @@ def train(args: Args) -> dict:
     buf = Rollout(T, B, next_x, len(hindsight_ids), device)
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
     t0, steps0, fired, prob_max = time.time(), global_step, 0.0, 0.0
-    bar = None
-    if args.progress and rank == 0 and start_iteration <= num_iterations:
-        from tqdm import tqdm
-        bar = tqdm(total=num_iterations * batch_size * world, initial=min(global_step, num_iterations * batch_size * world),
-                   unit="step", dynamic_ncols=True, desc=args.env_id)
+    bar = _progress_bar(args, rank, num_iterations * batch_size * world, global_step)
 
     for iteration in range(start_iteration, num_iterations + 1):
         # reseeding per iteration makes a resumed learner draw the same samples as an uninterrupted one
@@ -381,13 +415,7 @@ def train(args: Args) -> dict:
                 prob_max = max(prob_max, float(np.max(np.where(live, infos["vlm_prob"], 0.0))))
             raw, goal_ids = split_observation(task, obs, infos, B)
             next_x, next_goal, next_done = agent.prepare(raw), goal_ids.to(device), torch.as_tensor(done, device=device)
-            for i in np.flatnonzero(infos.get("_episode", ())):
-                episode = {k: float(v[i]) for k, v in infos["episode"].items()}
-                for tag, key in (("episodic_return", "r"), ("episodic_length", "l"), ("gt_return", "gt_r"),
-                                 ("gt_success", "gt_success")) + ((("vlm_return", "vlm_r"),) if task.reward_model else ()):
-                    logger.log(f"charts/{tag}", episode[key], global_step)
-                recent["gt_success"].append(episode["gt_success"])
-                recent["return"].append(episode["r"])
+            _log_episodes(logger, infos, global_step, recent, vlm=task.reward_model is not None)
         if task.reward_model is not None and iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1 and rank == 0:
             _warn_if_never_fired(fired, prob_max, args, FIRE_CHECK_ROLLOUTS * batch_size)
 
@@ -395,10 +423,7 @@ def train(args: Args) -> dict:
         with torch.no_grad():
             advantages = compute_advantages(buf.rewards, buf.values, buf.terminated, buf.ended,
                                             agent.get_value(next_x, next_goal), args)
-        b = {"x": buf.x.reshape((-1,) + buf.x.shape[2:]), "goal": buf.goal.reshape(-1),
-             "actions": buf.actions.reshape(-1), "logprobs": buf.logprobs.reshape(-1),
-             "advantages": advantages.reshape(-1), "returns": (advantages + buf.values).reshape(-1),
-             "values": buf.values.reshape(-1), "valid": buf.valid.reshape(-1)}
+        b = buf.flatten(advantages)
         hs = None
         if hindsight_ids:  # relabelled (step, env, goal, weight) examples of this rollout
             hs = hindsight_samples(buf.achieved, buf.valid.cpu(), buf.ended.cpu(), torch.tensor(hindsight_ids),
@@ -426,17 +451,8 @@ def train(args: Args) -> dict:
                     break
 
         # ---- logging, evaluation, checkpoint ----
-        y_pred, y_true = b["values"].cpu().numpy(), b["returns"].cpu().numpy()
-        var_y = np.var(y_true)
         sps = (global_step - steps0) / max(time.time() - t0, 1e-9)
-        logger.log("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        for key in ("value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl", "hindsight_bc"):
-            if key in stats:
-                logger.log(f"losses/{key}", float(stats[key]), global_step)
-        logger.log("losses/clipfrac", float(np.mean(clipfracs)), global_step)
-        logger.log("losses/explained_variance", np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
-                   global_step)
-        logger.log("perf/steps_per_second", sps, global_step)
+        _log_update(logger, global_step, optimizer, stats, clipfracs, b, sps)
         last = iteration == num_iterations
         if rank == 0 and ((args.eval_interval and iteration % args.eval_interval == 0) or last):
             last_eval = run_eval(iteration)
