@@ -27,7 +27,10 @@ def main():
                "-p", "no:cacheprovider", f"--benchmark-json={path}", "--benchmark-disable-gc"]
         if args.k:
             cmd += ["-k", args.k]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        # from a neutral folder, without the script's folder on sys.path: the installed vlmreward is benchmarked,
+        # not the source tree (which has no compiled kernels unless built in place)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
+                       env=dict(os.environ, PYTHONSAFEPATH="1"))
     data = json.load(open(path))
     groups = collections.defaultdict(dict)
     for b in data["benchmarks"]:
