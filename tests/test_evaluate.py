@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
 
-from vlmreward.evaluate import GROUPS, evaluate
+from vlmreward.evaluation import GROUPS, evaluate_reward_model as evaluate
 from vlmreward.models import DEFAULT_MODEL_DIR
 
 CARTPOLE = "vlmreward/CartPoleUpright-v0"
@@ -84,7 +84,7 @@ def test_default_model_offline_and_stable(monkeypatch):
     from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     vlm = vlmreward.load_model("default")
-    assert vlm.preprocess_cfg["resize_mode"] == "squash"
+    assert vlm.preprocess_kwargs["resize_mode"] == "squash"
     ref = json.loads((DEFAULT_MODEL_DIR / REFERENCE_FILE).read_text())
     got = reference_rewards(vlm)
     assert got["goals"] == ref["goals"] and got["frames"] == ref["frames"]
