@@ -268,7 +268,8 @@ def markdown_table(report: dict) -> str:
 
 
 def plot_pr_curves(report: dict, path) -> None:
-    """PNG: one panel per family, one precision-recall curve (over beta) per goal group, each with its chance
+    """PNG: one panel per family, one precision-recall curve (over beta, drawn as steps like scikit-learn's
+    ``PrecisionRecallDisplay``) per goal group, each with its chance
     line (precision = positive rate, dashed) and its counts (positives / scored (frame, goal) pairs)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -282,14 +283,14 @@ def plot_pr_curves(report: dict, path) -> None:
                 continue
             frames.add(r["frames"])
             negatives.add(r["num_negatives"])
-            (line,) = ax.plot(r["pr_curve"]["recall"], r["pr_curve"]["precision"],
+            (line,) = ax.plot(r["pr_curve"]["recall"], r["pr_curve"]["precision"], drawstyle="steps-post",
                               label=f"{group} AP={r['average_precision']:.2f} ({r['positives']}/{r['count']})")
             ax.axhline(r["positives"] / r["count"], color=line.get_color(), ls="--", lw=0.8)
         title = family(key) + (f"\n{max(frames)} frames, N={max(negatives)} negatives/goal" if frames else "")
         ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         ax.title.set_fontsize(8)
         if frames:
-            ax.legend(fontsize=6, loc="upper right", title="dashed: chance", title_fontsize=6)
+            ax.legend(fontsize=6, loc="best", title="dashed: chance", title_fontsize=6)
     fig.suptitle(f"{report['model']}: reward precision-recall over beta (positives/(frame, goal) pairs)",
                  fontsize=9)
     fig.tight_layout()
