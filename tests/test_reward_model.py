@@ -187,7 +187,8 @@ def test_projection_with_vlmrm_mean_ensembling(tiny_model, frames):
     module, cfg = tiny_model.model, tiny_model.open_clip_preprocess_cfg
     transform = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
     with torch.no_grad():
-        x = F.normalize(module.encode_image(torch.stack([transform(Image.fromarray(f)) for f in frames])).double(), dim=-1)
+        pixels = torch.stack([transform(Image.fromarray(f)) for f in frames])
+        x = F.normalize(module.encode_image(pixels).double(), dim=-1)
         b = F.normalize(module.encode_text(open_clip.tokenize(baseline, context_length=32)).double(), dim=-1).mean(0)
     assert b.norm() < 0.999
     for g, goal in enumerate(GOALS):
