@@ -15,7 +15,6 @@ import dataclasses
 import os
 import time
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch

@@ -3,9 +3,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
 
-from vlmreward.evaluate import GROUPS, evaluate
+from vlmreward.evaluation import GROUPS, evaluate_reward_model as evaluate
 from vlmreward.models import DEFAULT_MODEL_DIR
 
 CARTPOLE = "vlmreward/CartPoleUpright-v0"
@@ -84,9 +85,130 @@ def test_default_model_offline_and_stable(monkeypatch):
     from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     vlm = vlmreward.load_model("default")
-    assert vlm.preprocess_cfg["resize_mode"] == "squash"
+    assert vlm.preprocess_kwargs["resize_mode"] == "squash"
     ref = json.loads((DEFAULT_MODEL_DIR / REFERENCE_FILE).read_text())
     got = reference_rewards(vlm)
     assert got["goals"] == ref["goals"] and got["frames"] == ref["frames"]
     np.testing.assert_allclose(got["probs"], ref["probs"], atol=2e-3)
     np.testing.assert_array_equal(reference_rewards(vlm)["probs"], got["probs"])  # deterministic
+
+
+def test_pr_curves_in_the_report_keep_every_recall_level(tiny_report):
+    from sklearn.metrics import precision_recall_curve
+    report, _ = tiny_report
+    for group, r in report["results"][CARTPOLE].items():
+        if "pr_curve" in r:
+            raw = report["scores"][CARTPOLE][group]
+            _, full_recall, _ = precision_recall_curve(raw["labels"], raw["probs"])
+            recall = np.array(r["pr_curve"]["recall"])
+            assert recall[0] == 1.0 and recall[-1] == 0.0 and set(recall) == set(full_recall), group
+
+
+def test_validation_ap_equals_evaluate_ap(tmp_path, tiny_arch):
+    """vlmreward pretrain's validation and vlmreward evaluate score the same frames and model identically."""
+    from vlmreward.evaluation import test_recipe
+    from vlmreward.models import build_model, load_model, model_config, save_hub_dir
+    from vlmreward.pretrain.dataset import load_or_generate
+    from vlmreward.pretrain.train import validate
+    module = build_model(tiny_arch)
+    with torch.no_grad():
+        module.logit_scale.fill_(np.log(30.0))  # probabilities that spread
+    exported = save_hub_dir(tmp_path / "m", module, model_config(tiny_arch))
+    envs = [CARTPOLE, "vlmreward/MountainCarFlag-v0"]
+    report = evaluate(str(exported), envs, num_negatives=2, scale=0.05, data_dir=tmp_path / "data", progress=False)
+    ds = load_or_generate(test_recipe(load_model(str(exported)), envs, 0.05), tmp_path / "data", progress=False)
+    val = validate(module, tiny_arch, ds, num_negatives=2, seed=0)
+    assert module.training  # handed back in train mode
+    compared = 0
+    for env_id in envs:
+        fam = env_id.split("/")[-1].removesuffix("-v0")
+        for group in ("train", "heldout"):
+            r = report["results"][env_id][group]
+            if "error" in r:
+                assert np.isnan(val[fam][f"ap_{group}"])
+                continue
+            assert val[fam][f"ap_{group}"] == r["average_precision"], (env_id, group)
+            compared += 1
+    assert compared >= 3
+
+
+def write_labelled_frames(path, n=12, **override):
+    """CartPole frames labelled with goal_success of each goal (a user's own data)."""
+    import gymnasium as gym
+    import vlmreward  # noqa: F401
+    env = gym.make(CARTPOLE, render_mode="rgb_array")
+    env.reset(seed=3)
+    goals = list(env.unwrapped.task_set)
+    frames, labels = [], []
+    for t in range(n):
+        _, _, terminated, truncated, _ = env.step(t % 2)
+        frames.append(env.render())
+        labels.append([env.unwrapped.goal_success(g) for g in goals])
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    arrays = {"frames": np.stack(frames), "goals": np.array(goals), "labels": np.array(labels)}
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return arrays
+
+
+def test_user_data_npz(tiny_clip_dir, tmp_path):
+    arrays = write_labelled_frames(tmp_path / "mine.npz", n=40)
+    assert 0 < arrays["labels"].sum() < arrays["labels"].size
+    report = evaluate(str(tiny_clip_dir), data=tmp_path / "mine.npz", num_negatives=3, out=tmp_path / "out",
+                      progress=False, return_scores=True)
+    r, raw = report["results"]["mine"]["goals"], report["scores"]["mine"]["goals"]
+    assert raw["probs"].shape == (40 * len(arrays["goals"]),)
+    np.testing.assert_array_equal(raw["labels"], arrays["labels"].ravel())
+    assert r["average_precision"] == pytest.approx(average_precision_score(raw["labels"], raw["probs"]), abs=1e-12)
+    assert r["frames"] == 40 and r["num_negatives"] == 3 and r["goals"] == len(arrays["goals"])
+    assert "| mine | goals" in (tmp_path / "out" / "evaluation.md").read_text()
+    # the scores are the reward model's, frame by frame
+    from vlmreward.goals import GoalBank
+    from vlmreward.models import load_model
+    from vlmreward.reward import RewardModel
+    vlm = load_model(str(tiny_clip_dir))
+    bank = GoalBank(vlm, list(arrays["goals"]), num_negatives=3, seed=0)
+    np.testing.assert_allclose(RewardModel(vlm, bank, mode="probability")(arrays["frames"]).probs.numpy().ravel(),
+                               raw["probs"], rtol=0, atol=1e-6)
+    from vlmreward.cli import main
+    assert main(["evaluate", "--model", str(tiny_clip_dir), "--data", str(tmp_path / "mine.npz"), "--out",
+                 str(tmp_path / "cli"), "--negatives", "2", "--no-progress"]) == 0
+    assert (tmp_path / "cli" / "pr_curves.png").is_file()
+
+
+@pytest.mark.parametrize("override, error, match", [
+    ({"labels": np.zeros((12, 5), dtype=np.int64)}, ValueError, "labels must be bool"),
+    ({"labels": np.zeros((12, 4), dtype=bool)}, ValueError, r"labels must be bool \(N, G\) = \(12, 5\)"),
+    ({"frames": np.zeros((12, 8, 8, 3), dtype=np.float32)}, ValueError, "frames must be uint8"),
+    ({"frames": np.zeros((12, 8, 8), dtype=np.uint8)}, ValueError, "frames must be uint8"),
+    ({"goals": np.arange(5)}, ValueError, "goals must be a non-empty 1-D array of strings"),
+    ({"labels": None}, ValueError, r"missing \['labels'\]"),
+    ({"label": np.zeros(3)}, ValueError, r"unknown \['label'\]"),
+    ({"goals": np.array(["a", {"b": 1}], dtype=object)}, ValueError, "Python objects"),
+])
+def test_user_data_errors(tiny_clip_dir, tmp_path, override, error, match):
+    write_labelled_frames(tmp_path / "bad.npz", **override)
+    with pytest.raises(error, match=match):
+        evaluate(str(tiny_clip_dir), data=tmp_path / "bad.npz", progress=False)
+
+
+def test_user_data_file_errors(tiny_clip_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        evaluate(str(tiny_clip_dir), data=tmp_path / "missing.npz", progress=False)
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        evaluate(str(tiny_clip_dir), data=tmp_path / "corrupt.npz", progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(str(tiny_clip_dir), CARTPOLE, data=tmp_path / "corrupt.npz", progress=False)
+
+
+def test_public_names_do_not_collide():
+    import types
+
+    import vlmreward
+    import vlmreward.evaluation  # what the CLI imports
+    assert isinstance(vlmreward.evaluation, types.ModuleType)
+    assert vlmreward.evaluate_reward_model is vlmreward.evaluation.evaluate_reward_model
+    assert callable(vlmreward.evaluate_reward_model)

@@ -116,3 +116,43 @@ def test_bad_input(tiny_model, kwargs, error, match):
 def test_unknown_goal(tiny_model):
     with pytest.raises(KeyError, match="close"):
         GoalBank(tiny_model, GOALS).index("the red bal")
+
+
+def test_goals_the_tokenizer_cannot_tell_apart_are_named(tiny_model):
+    long = "go to the red ball " + "and then wait there " * 10  # beyond the 32-token context
+    goals = ["the red ball", "The  Red   Ball", long + "for ever", long + "for a while", "the blue key"]
+    with pytest.warns(UserWarning, match="cannot tell these goals apart") as record:
+        bank = GoalBank(tiny_model, goals, templates=TEMPLATES)
+    message = str(record[0].message)
+    assert "['the red ball', 'The  Red   Ball']" in message and "for ever" in message and "for a while" in message
+    assert "the blue key" not in message
+    e = bank.goal_embeddings
+    torch.testing.assert_close(e[0], e[1])  # the warning is true: they embed identically
+    torch.testing.assert_close(e[2], e[3])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GoalBank(tiny_model, GOALS, negatives=TASK_SET)  # distinct goals: no warning
+
+
+def test_template_ensembling_against_plain_torch(tiny_model, tmp_path):
+    banks = {rule: GoalBank(tiny_model, GOALS, templates=TEMPLATES, template_ensembling=rule)
+             for rule in ("normalized_mean", "mean")}
+    for k, s in enumerate(GOALS):
+        with torch.no_grad():
+            e = tiny_model.model.encode_text(open_clip_tokens([t.format(s) for t in TEMPLATES])).double()
+        e = e / e.norm(dim=-1, keepdim=True)
+        mean = e.mean(0)  # VLM-RM: the mean of the normalised prompt embeddings
+        torch.testing.assert_close(banks["mean"].text_embeddings[k].double(), mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(banks["normalized_mean"].text_embeddings[k].double(), mean / mean.norm(),
+                                   atol=1e-6, rtol=1e-5)
+    assert (banks["mean"].text_embeddings.norm(dim=-1) < 0.999).all()  # not renormalised
+    loaded = GoalBank.load(banks["mean"].save(tmp_path / "b.pt"), tiny_model)
+    assert loaded.template_ensembling == "mean"
+    with pytest.raises(ValueError, match="template_ensembling"):
+        GoalBank(tiny_model, GOALS, template_ensembling="max")
+
+
+def open_clip_tokens(texts):
+    import open_clip
+    return open_clip.tokenize(texts, context_length=32)

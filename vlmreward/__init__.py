@@ -22,7 +22,7 @@ _LAZY = {
     "classification_metrics": "vlmreward.metrics",
     "VLMRewardWrapper": "vlmreward.wrappers",
     "VectorVLMRewardWrapper": "vlmreward.wrappers",
-    "evaluate": "vlmreward.evaluate",
+    "evaluate_reward_model": "vlmreward.evaluation",
 }
 
 __all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "RewardOutput", "fused_reward", "preprocess", "reward_head",

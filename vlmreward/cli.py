@@ -13,7 +13,7 @@ import sys
 
 COMMANDS = {
     "pretrain": ("vlmreward.pretrain.train", "train the embedded default CLIP on the project's environments"),
-    "evaluate": ("vlmreward.evaluate", "offline evaluation of a reward model: precision-recall against ground truth"),
+    "evaluate": ("vlmreward.evaluation", "offline evaluation of a reward model: precision-recall against ground truth"),
     "train": ("vlmreward.rl.ppo", "train a language-conditioned PPO agent on VLM rewards"),
     "enjoy": ("vlmreward.rl.video", "record a GIF/MP4 of a trained agent"),
 }

@@ -55,6 +55,15 @@ def atomic_path(path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_all(writers: dict) -> None:
+    """Atomic write of several files ({path: writer(temp_path)}): every temporary is complete before any of
+    them replaces its target (e.g. a model's config and weights); a failure leaves all the old files."""
+    with contextlib.ExitStack() as stack:
+        temps = {path: stack.enter_context(atomic_path(path)) for path in writers}
+        for path, writer in writers.items():
+            writer(temps[path])
+
+
 def write_bytes(path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

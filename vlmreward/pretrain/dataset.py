@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,14 +66,17 @@ class FrameDataset:
         return len(self.frames)
 
     def save(self, path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        """Atomic ``.npz`` (a crash never leaves a half-written cache)."""
+        from vlmreward import fileio
         meta = json.dumps({"goals": self.goals, "env_ids": self.env_ids, "env_goals": self.env_goals})
-        np.savez(tmp, frames=self.frames, labels=self.labels, env_index=self.env_index, seed=self.seed,
-                 train_goal_mask=self.train_goal_mask, meta=np.array(meta),
-                 **{k: getattr(self, k) for k in ("episode_goal", "success") if getattr(self, k) is not None})
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
+        arrays = dict(frames=self.frames, labels=self.labels, env_index=self.env_index, seed=self.seed,
+                      train_goal_mask=self.train_goal_mask, meta=np.array(meta),
+                      **{k: getattr(self, k) for k in ("episode_goal", "success") if getattr(self, k) is not None})
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a temporary's name
+                np.savez(fh, **arrays)
+        fileio.write_with(path, write)
 
     @classmethod
     def load(cls, path):

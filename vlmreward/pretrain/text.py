@@ -7,10 +7,11 @@
 """
 from __future__ import annotations
 
+import open_clip
 import torch
 import torch.nn.functional as F
 
-from vlmreward.pretrain.checkpoint import get_tokenizer, is_hf_text, model_config
+from vlmreward.models import get_tokenizer
 
 
 class CaptionEncoder(torch.nn.Module):
@@ -27,9 +28,11 @@ class CaptionEncoder(torch.nn.Module):
         self.K, self.T = len(captions), len(captions[0])
         flat = [c for row in captions for c in row]
         tokens = get_tokenizer(model_name)(flat)
-        self.frozen = is_hf_text(model_config(model_name))
+        # a locked Hugging Face transformer (vlmreward.models.build_model): its outputs never change
+        text = getattr(model, "text", None)
+        self.frozen = isinstance(text, open_clip.hf_model.HFTextEncoder) and not any(
+            p.requires_grad for p in text.transformer.parameters())
         if self.frozen:
-            text = model.text
             with torch.no_grad():
                 mask = (tokens != text.config.pad_token_id).long()
                 out = text.transformer(input_ids=tokens, attention_mask=mask)

@@ -30,10 +30,9 @@ import torch.nn.functional as F
 
 from vlmreward import config, fileio
 from vlmreward.config import option, require
-from vlmreward.models import load_model
+from vlmreward.models import (VisionLanguageModel, build_model, load_model, load_weights, model_config,
+                              read_hub_dir, read_state_dict, save_hub_dir, state_to_save)
 from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions
-from vlmreward.pretrain.checkpoint import (EXTERNAL_TEXT_PREFIX, build_model, export_hub_dir, is_hf_text,
-                                          load_training_state, model_config, save_training_state)
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
@@ -176,50 +175,23 @@ def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction
     return torch.as_tensor(w)
 
 
-def goal_sets_for(env_goal_cols, num_negatives: int, seed: int):
-    """Fixed negatives like ``GoalBank``: each goal + ``num_negatives`` other goals of its task set (cols)."""
-    rng = np.random.default_rng(seed)
-    cols = np.asarray(env_goal_cols)
-    n = min(num_negatives, len(cols) - 1)
-    sets = [[c, *rng.choice(cols[cols != c], size=n, replace=False)] for c in cols]
-    return torch.as_tensor(np.array(sets, dtype=np.int64))
-
-
 @torch.no_grad()
-def embed_images(model, frames: np.ndarray, mean, std, batch: int = 512) -> torch.Tensor:
-    out = [model.encode_image(to_pixels(torch.from_numpy(frames[i:i + batch]), mean, std))
-           for i in range(0, len(frames), batch)]
-    return F.normalize(torch.cat(out), dim=-1)
+def validate(model, model_name: str, ds: FrameDataset, num_negatives: int, seed: int = 0) -> dict:
+    """Average precision of the paper's reward probability (eq. 1), per environment, training / held-out goals:
+    {family: {"ap_train", "ap_heldout"}} (NaN without both classes).
 
-
-@torch.no_grad()
-def validate(model, model_name: str, ds: FrameDataset, mean, std, num_negatives: int, seed: int = 0) -> dict:
-    """Average precision of the paper's reward probability, per environment, training / held-out goals."""
-    from sklearn.metrics import average_precision_score
-
-    from vlmreward.ops import reward_head
-    model.eval()
-    img = embed_images(model, ds.frames, mean, std)
-    txt = CaptionEncoder(model, model_name, [[g] for g in ds.goals])(torch.zeros(len(ds.goals), dtype=torch.long))
-    scale = float(model.logit_scale.exp())
-    result = {}
-    for e, env_id in enumerate(ds.env_ids):
-        rows = ds.env_index == e
-        fam = env_id.split("/")[-1].removesuffix("-v0")
-        if not rows.any():
-            result[fam] = {"ap_train": float("nan"), "ap_heldout": float("nan")}
-            continue
-        cols = np.asarray(ds.env_goals[e])
-        sets = goal_sets_for(cols, num_negatives, seed)
-        probs = reward_head(img[rows], txt, sets, logit_scale=scale, threshold=0.5).probs.numpy()
-        labels = ds.labels[rows][:, cols]
-        r = {}
-        for split, m in (("train", ds.train_goal_mask[cols]), ("heldout", ~ds.train_goal_mask[cols])):
-            y, p = labels[:, m].ravel(), probs[:, m].ravel()
-            r[f"ap_{split}"] = float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-        result[fam] = r
-    model.train()
-    return result
+    The numbers are those of ``vlmreward evaluate`` on the same frames and model: the same goal banks, negatives,
+    reward model and metrics (:func:`vlmreward.evaluation.dataset_scores`, :func:`~vlmreward.evaluation.group_metrics`).
+    ``model`` (the open_clip module of architecture ``model_name``) is put back in train mode.
+    """
+    from vlmreward.evaluation import dataset_scores, family, group_metrics
+    try:
+        scores = dataset_scores(VisionLanguageModel.of_module(model, model_name), ds, num_negatives=num_negatives,
+                                seed=seed)
+    finally:
+        model.train()
+    return {family(env_id): {f"ap_{group}": group_metrics(s).get("average_precision", float("nan"))
+                             for group, s in groups.items()} for env_id, groups in scores.items()}
 
 
 def _score(val: dict) -> float:
@@ -237,21 +209,18 @@ def param_groups(model, weight_decay: float):
 
 
 def _warm_start(model, path) -> None:
-    """Load the trained weights of a hub directory (:func:`export_hub_dir` layout) into ``model``.
+    """Load the trained weights of a hub directory (:func:`vlmreward.models.save_hub_dir`) into ``model``.
 
-    Raises FileNotFoundError for a missing directory, ValueError when its weights do not fit ``model``.
+    Raises FileNotFoundError for a missing directory or file, ValueError when its weights do not fit ``model``
+    (both messages start with "init:").
     """
-    from safetensors.torch import load_file
-    w = Path(path) / "open_clip_model.safetensors"
-    if not w.is_file():
-        raise FileNotFoundError(f"init: no open_clip_model.safetensors in {path}")
     try:
-        missing, unexpected = model.load_state_dict(load_file(str(w), device="cpu"), strict=False)
-    except RuntimeError as e:
+        config, weights = read_hub_dir(path)
+        load_weights(model, read_state_dict(weights), config["model_cfg"], source=repr(str(weights)))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"init: {e}") from e
+    except ValueError as e:
         raise ValueError(f"init: weights in {path} do not fit the model: {e}") from e
-    if unexpected or any(not k.startswith(EXTERNAL_TEXT_PREFIX) for k in missing):
-        raise ValueError(f"init: weights in {path} do not fit the model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
 
 
 # ----- training ----------------------------------------------------------------------------------------
@@ -325,19 +294,16 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     if cfg.init:
         _warm_start(model, cfg.init)
     if cfg.resume:
-        state = load_training_state(ckpt_path)
+        state = fileio.torch_load(ckpt_path, what="pretraining checkpoint to resume from")
         if state["config"]["model"] != cfg.model:
             raise ValueError(f"checkpoint {ckpt_path} is for model {state['config']['model']}, not {cfg.model}")
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or any(not k.startswith(EXTERNAL_TEXT_PREFIX) for k in missing):
-            raise ValueError(f"checkpoint {ckpt_path} does not match {cfg.model}")
+        load_weights(model, state["model"], mcfg, source=f"{ckpt_path} of {cfg.model}")
         if "sigmoid_bias" in state:
             sig_bias.data.fill_(float(state["sigmoid_bias"]))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"], json.loads(state["history"]), state["best"]
 
-    hf = is_hf_text(mcfg)
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # epoch-seeded: resume replays exactly
         idx = torch.multinomial(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True, generator=g)
@@ -381,7 +347,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             for k, v in (("loss", loss), ("clip", l_clip), ("reward", l_rew), ("sigmoid", l_sig)):
                 sums[k] += float(v.detach())
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
-        val = validate(model, cfg.model, val_ds, mean, std, cfg.eval_negatives, seed=cfg.seed)
+        val = validate(model, cfg.model, val_ds, cfg.eval_negatives, seed=cfg.seed)
         score = _score(val)
         rec = {"epoch": epoch + 1, **{k: v / cfg.steps_per_epoch for k, v in sums.items()},
                "logit_scale": float(model.logit_scale.detach().exp()), "seconds": time.time() - t0, "val": val,
@@ -390,13 +356,12 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         print(json.dumps(rec), flush=True)
         if score > best:
             best = score
-            export_hub_dir(model, cfg.model, out / "best")
-        sd = {k: v for k, v in model.state_dict().items() if not (hf and k.startswith(EXTERNAL_TEXT_PREFIX))}
-        save_training_state(ckpt_path, {"model": sd, "optimizer": opt.state_dict(),
+            save_hub_dir(out / "best", model, mcfg, extra={"architecture": cfg.model})
+        fileio.torch_save(ckpt_path, {"model": state_to_save(model, mcfg), "optimizer": opt.state_dict(),
                                         "scheduler": sched.state_dict(), "epoch": epoch + 1, "best": best,
                                         "sigmoid_bias": float(sig_bias),
                                         "history": json.dumps(history), "config": asdict(cfg)})
-    export_hub_dir(model, cfg.model, out / "final")
+    save_hub_dir(out / "final", model, mcfg, extra={"architecture": cfg.model})
     result = {"val": history[-1]["val"] if history else {}, "best": best, "history": history, "out": str(out)}
     fileio.write_json(out / "history.json", history, indent=1)
     if cfg.export:
@@ -404,7 +369,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                   "config": asdict(cfg), "data_recipe": {s: asdict(default_recipe(s, size, cfg.data_scale))
                                                          for s in ("train", "val")},
                   "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history}
-        export_hub_dir(model, cfg.model, cfg.export, extra={"seed": cfg.seed})
+        save_hub_dir(cfg.export, model, mcfg, extra={"architecture": cfg.model, "seed": cfg.seed})
         fileio.write_json(Path(cfg.export, "RECIPE.json"), recipe, indent=1, default=list)
         # the stability record the tests check a shipped model against (reloaded through the real loader)
         fileio.write_json(Path(cfg.export, REFERENCE_FILE), reference_rewards(load_model(str(cfg.export))), indent=1)

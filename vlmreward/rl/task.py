@@ -70,7 +70,7 @@ class Task:
         model = load_model(args.model, args.pretrained, device=str(device))
         frame_size = args.frame_size
         if frame_size is None and hasattr(base, "frame_size"):  # frames at the model's size: no resize later
-            frame_size = int(model.preprocess_cfg["image_size"])
+            frame_size = int(model.preprocess_kwargs["image_size"])
         self.env_kwargs = _env_kwargs(args, frame_size)
         kw = {"templates": tuple(args.templates)} if args.templates else {}
         self.bank = GoalBank(model, list(self.task_set), negatives=list(self.task_set),
