@@ -313,3 +313,20 @@ def test_docs_example_runs_with_a_tiny_budget(tmp_path):
         assert result[f"gt_return_{when}"] == pytest.approx(np.mean(returns))
     curve = result["training_episodes"]["curve"]
     assert result["training_episodes"]["count"] == sum(c["episodes"] for c in curve) > 0
+
+
+@pytest.mark.xfail(strict=True, reason="VectorVLMRewardWrapper.reset(options={'reset_mask': m}) samples new goals "
+                   "for every sub-env, not only the masked ones (reset calls _assign_goals on all); environments "
+                   "that do not report info['goal'] then switch goal mid-episode")
+def test_masked_reset_keeps_the_goals_of_running_episodes(tiny_model):
+    goals = ["a cart on a track", "a pole", "a blue sky", "a red car"]
+    rm = RewardModel(tiny_model, GoalBank(tiny_model, goals), threshold=1.0)
+    venv = gym.make_vec("CartPole-v1", N, vectorization_mode="sync", render_mode="rgb_array")
+    env = SB3VecEnv(VectorVLMRewardWrapper(venv, rm, goal=lambda rng: goals[int(rng.integers(len(goals)))]))
+    env.seed(0)
+    prev = env.reset()["goal_id"]
+    for t in range(20):  # env 0 pushes right only: its episodes end first, the others keep running
+        obs, _, done, _ = env.step(np.array([1, t % 2, (t + 1) % 2]))
+        running = ~done
+        np.testing.assert_array_equal(obs["goal_id"][running], prev[running], err_msg=f"step {t}")
+        prev = obs["goal_id"]
