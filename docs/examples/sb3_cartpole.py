@@ -57,14 +57,15 @@ def evaluate(model, env: SB3VecEnv, seed: int) -> dict:
     return {"gt_return": gt.tolist(), "vlm_return": vlm.tolist()}
 
 
-def training_curve(callback: GroundTruthCallback, bin_steps: int) -> list[dict]:
-    """Means of the training episodes' returns per bin of ``bin_steps`` timesteps (by the episode's end)."""
+def training_curve(callback: GroundTruthCallback, bin_steps: int, total_timesteps: int) -> list[dict]:
+    """Means of the training episodes' returns per bin of ``bin_steps`` timesteps (by the episode's end);
+    "timesteps" is the bin's upper end."""
     ends = np.array(callback.episode_end_timesteps)
     curve = []
-    for start in range(0, int(ends.max()) + 1 if len(ends) else 0, bin_steps):
+    for start in range(0, total_timesteps, bin_steps):
         sel = (ends > start) & (ends <= start + bin_steps)
         if sel.any():
-            curve.append({"timesteps": start + bin_steps, "episodes": int(sel.sum()),
+            curve.append({"timesteps": min(start + bin_steps, total_timesteps), "episodes": int(sel.sum()),
                           "gt_return": round(float(np.mean(np.array(callback.gt_returns)[sel])), 1),
                           "vlm_return": round(float(np.mean(np.array(callback.vlm_returns)[sel])), 1)})
     return curve
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         "eval": {"episodes": args.eval_episodes, "max_steps": args.eval_max_steps or 500, "seed": 1000,
                  "before": before, "after": after},
         "training_episodes": {"count": len(callback.gt_returns),
-                              "curve": training_curve(callback, max(args.total_timesteps // 10, 1))},
+                              "curve": training_curve(callback, max(args.total_timesteps // 10, 1),
+                                                      agent.num_timesteps)},
         "train_wall_time_s": round(train_s, 1), "wall_time_s": round(time.perf_counter() - t0, 1),
         "machine": machine(), "torch_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
         "versions": {"vlmreward": getattr(vlmreward, "__version__", "0.1.0"),
