@@ -127,8 +127,9 @@ def test_vlm_transitions_equal_dummy_vec_env_of_single_wrappers(tiny_model, find
     rewards, episode ends (VLM successes, ground-truth successes, time limits), infos, terminal observations;
     and every frame the reward model scored is the frame after an action, never a reset observation."""
     rm = RecordingRewardModel(RewardModel(tiny_model, find_bank, threshold=mixed_threshold))
-    ours = SB3VecEnv(VectorVLMRewardWrapper(gym.make_vec(FIND, N, **SMALL), rm))
-    ref = DummyVecEnv([lambda: VLMRewardWrapper(gym.make(FIND, **SMALL), rm.inner) for _ in range(N)])
+    ours = SB3VecEnv(VectorVLMRewardWrapper(gym.make_vec(FIND, N, **SMALL), rm, terminate_on_success=True))
+    ref = DummyVecEnv([lambda: VLMRewardWrapper(gym.make(FIND, **SMALL), rm.inner, terminate_on_success=True)
+                       for _ in range(N)])
     assert ours.observation_space == ref.observation_space and ours.action_space == ref.action_space
     actions = _actions(24, 3)
     ends = _compare(ours, ref, actions, info_close=("vlm_prob",))
