@@ -8,6 +8,7 @@ observation (its index in ``reward_model.bank.goals`` and optionally its text em
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -25,6 +26,39 @@ def _is_frame_space(space) -> bool:
             and space.shape[-1] == 3)
 
 
+FRAME_SOURCES = ("auto", "observation", "render")
+MIN_FRAME_SIDE = 16  # "auto": an observation-as-frame with a smaller side is taken for a non-picture (warning)
+
+
+def _frames_from_observation(frame_source: str, observation_space, render_mode, what: str) -> bool:
+    """Where the wrappers read the frame to score: True for the observation, False for ``render()``.
+
+    "observation": the observation, which must be uint8 (H, W, 3); "render": ``render()``, which needs
+    render_mode "rgb_array"; "auto": the observation when it is uint8 (H, W, 3), else ``render()``, with a
+    UserWarning when that observation has a side under MIN_FRAME_SIDE pixels (e.g. MiniGrid's ImgObsWrapper
+    grid encoding, uint8 (7, 7, 3) of object / colour / state indices, is not a picture).
+    Raises ValueError for another frame_source, or a source the environment cannot provide.
+    """
+    if frame_source not in FRAME_SOURCES:
+        raise ValueError(f"frame_source must be one of {FRAME_SOURCES}, got {frame_source!r}")
+    is_frame = _is_frame_space(observation_space)
+    if frame_source == "observation" and not is_frame:
+        raise ValueError(f"frame_source='observation' needs uint8 RGB observations (H, W, 3), got {observation_space}")
+    from_obs = frame_source == "observation" or (frame_source == "auto" and is_frame)
+    if not from_obs and render_mode != "rgb_array":
+        if frame_source == "render":
+            raise ValueError(f"frame_source='render' needs {what} made with render_mode='rgb_array' "
+                             f"(got render_mode={render_mode!r})")
+        raise ValueError(f"no frames to score from {what}: the observations are not RGB frames (uint8 (H, W, 3)) "
+                         f"and render_mode is {render_mode!r}; make it with render_mode='rgb_array'")
+    if frame_source == "auto" and from_obs and min(observation_space.shape[:2]) < MIN_FRAME_SIDE:
+        warnings.warn(f"the observation of {what}, uint8 {observation_space.shape}, is scored as the frame but is "
+                      f"smaller than {MIN_FRAME_SIDE} pixels a side: it may not be a picture (e.g. MiniGrid's "
+                      f"ImgObsWrapper grid encoding). Pass frame_source='render' (render_mode='rgb_array') to score "
+                      f"rendered frames, or frame_source='observation' if it is a picture", UserWarning, stacklevel=3)
+    return from_obs
+
+
 def _check_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -33,7 +67,7 @@ def _check_frames(frames) -> np.ndarray:
     return frames
 
 
-class _GoalMixin:
+class _GoalConditioning:
     """Goal bookkeeping shared by both wrappers: validation, sampling, ids, policy observation."""
 
     def _init_goals(self, reward_model, goal, goal_embedding: bool, base_observation_space, goal_aware: bool):
@@ -87,7 +121,7 @@ class _GoalMixin:
                 out.rewards.detach().double().cpu().numpy().reshape(shape))
 
 
-class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
+class VLMRewardWrapper(_GoalConditioning, gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Replaces the reward of a single environment by the VLM reward of the frame after each action.
 
     Args:
@@ -103,22 +137,33 @@ class VLMRewardWrapper(_GoalMixin, gym.Wrapper):
         keep_env_reward: put the environment's own reward in ``info["env_reward"]``.
         goal_embedding: add the goal's text embedding (``bank.goal_embeddings`` row, float32 (D,)) to the
             observation.
+        frame_source: the frame scored after each action: "auto" (the observation when it is uint8 (H, W, 3),
+            else ``env.render()``; warns when such an observation is under MIN_FRAME_SIDE = 16 pixels a side, as
+            MiniGrid's ImgObsWrapper grid encoding is), "observation" or "render" (render_mode "rgb_array").
+            With frames from ``render()`` the wrapper declares only the "rgb_array" render mode.
+
+    The constructor arguments are recorded (``gymnasium.utils.RecordConstructorArgs``, the reward model by
+    reference), so ``env.spec`` re-creates the wrapped env (``gymnasium.make(env.spec)``, ``check_env``).
 
     Observation: Dict {"observation": env's observation, "goal_id": int, ["goal_embedding": (D,)]}.
     Reward: the VLM reward (float). ``info`` adds "vlm_prob", "vlm_reward", "goal", "gt_success" (exact
     ground truth when the environment has ``goal_success``) and "env_reward".
-    Raises: ValueError for an env without frames, a goal outside the goal bank or the env's task set, or
-    frames that are not uint8 (H, W, 3); TypeError for a bad ``goal`` argument.
+    Raises: ValueError for an env without frames, a bad ``frame_source``, a goal outside the goal bank or the
+    env's task set, or frames that are not uint8 (H, W, 3); TypeError for a bad ``goal`` argument.
     """
 
     def __init__(self, env: gym.Env, reward_model, goal: None | str | Callable = None, *,
                  terminate_on_success: bool | None = None, keep_env_reward: bool = True,
-                 goal_embedding: bool = False):
+                 goal_embedding: bool = False, frame_source: str = "auto"):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, _disable_deepcopy=True, reward_model=reward_model, goal=goal,
+            terminate_on_success=terminate_on_success, keep_env_reward=keep_env_reward,
+            goal_embedding=goal_embedding, frame_source=frame_source)
         gym.Wrapper.__init__(self, env)
-        self._frame_is_obs = _is_frame_space(env.observation_space)
-        if not self._frame_is_obs and env.render_mode != "rgb_array":
-            raise ValueError(f"{env} neither observes RGB frames nor renders them: make it with "
-                             f"render_mode='rgb_array' (got render_mode={env.render_mode!r})")
+        self.frame_source = frame_source
+        self._frame_is_obs = _frames_from_observation(frame_source, env.observation_space, env.render_mode, str(env))
+        if not self._frame_is_obs:
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         self._goal_aware = hasattr(env.unwrapped, "goal_success")
         self.observation_space = self._init_goals(reward_model, goal, goal_embedding, env.observation_space,
                                                   self._goal_aware)
@@ -208,12 +253,12 @@ def _replace_info(info: dict, new: dict, mask: np.ndarray) -> dict:
     return info
 
 
-class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
+class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordConstructorArgs):
     """The VLM reward for all sub-environments of a vector env, in ONE batched reward-model call per step.
 
     Same arguments, observation and ``info`` keys as :class:`VLMRewardWrapper`, batched ((B,) arrays with
-    gymnasium's "_key" masks). Frames: the observations when they are RGB frames, else ``vector_env.render()``
-    (async sub-envs render in parallel), once per step.
+    gymnasium's "_key" masks). Frames (``frame_source``, as :class:`VLMRewardWrapper`): the observations when they
+    are RGB frames, else ``vector_env.render()`` (async sub-envs render in parallel), once per step.
 
     Autoreset (gymnasium's NEXT_STEP, the only mode accepted): the step after a terminal step is a reset step;
     its reward is 0 and no VLM reward is computed for it. When the VLM ends an episode (terminate_on_success)
@@ -228,20 +273,24 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
     ``score_all_goals``: the same single model call scores every goal of the bank (the image tower runs once
     per frame either way) and ``info["vlm_rewards_all"]`` (B, G) float64 holds the binary reward of each
     goal (0 on reset steps): which goals the frame achieves, for hindsight relabelling.
-    Raises ValueError for another autoreset mode, an env without frames, goals outside the goal bank.
+    Raises ValueError for another autoreset mode, an env without frames, a bad ``frame_source``, goals outside
+    the goal bank.
     """
 
     def __init__(self, env: gym.vector.VectorEnv, reward_model, goal: None | str | Callable = None, *,
                  terminate_on_success: bool | None = None, keep_env_reward: bool = True,
-                 goal_embedding: bool = False, score_all_goals: bool = False):
+                 goal_embedding: bool = False, score_all_goals: bool = False, frame_source: str = "auto"):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, _disable_deepcopy=True, reward_model=reward_model, goal=goal,
+            terminate_on_success=terminate_on_success, keep_env_reward=keep_env_reward,
+            goal_embedding=goal_embedding, score_all_goals=score_all_goals, frame_source=frame_source)
         VectorWrapper.__init__(self, env)
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
             raise ValueError(f"VectorVLMRewardWrapper needs autoreset_mode NEXT_STEP, got {mode}")
-        self._frame_is_obs = _is_frame_space(env.single_observation_space)
-        if not self._frame_is_obs and env.render_mode != "rgb_array":
-            raise ValueError(f"the sub-environments neither observe RGB frames nor render them: make them with "
-                             f"render_mode='rgb_array' (got render_mode={env.render_mode!r})")
+        self.frame_source = frame_source
+        self._frame_is_obs = _frames_from_observation(frame_source, env.single_observation_space, env.render_mode,
+                                                      "the sub-environments")
         self.single_observation_space = self._init_goals(reward_model, goal, goal_embedding,
                                                          env.single_observation_space, goal_aware=True)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -273,10 +322,12 @@ class VectorVLMRewardWrapper(_GoalMixin, VectorWrapper):
     def reset(self, *, seed=None, options=None):
         if seed is not None:
             self._goal_rng = np.random.default_rng(seed if isinstance(seed, int) else [s for s in seed if s is not None])
-        self._assign_goals(np.ones(self.num_envs, bool))
+        mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else \
+            np.asarray(options["reset_mask"], bool)  # a masked reset leaves the running episodes' goals alone
+        self._assign_goals(mask)
         obs, info = self.env.reset(seed=seed, options=options)
-        self._needs_reset[:] = False
-        self._vlm_ended[:] = False
+        self._needs_reset[mask] = False
+        self._vlm_ended[mask] = False
         return self._policy_obs(obs, self._read_goals(info)), info
 
     def step(self, actions):
