@@ -223,6 +223,62 @@ def _warm_start(model, path) -> None:
         raise ValueError(f"init: weights in {path} do not fit the model: {e}") from e
 
 
+def _datasets(cfg: PretrainConfig, size: int, train_ds, val_ds):
+    """The training and validation sets (the cached default recipe unless given), validation strided down to
+    ``max_val_frames``; ValueError for an empty set or frames of the wrong size."""
+    if train_ds is None:
+        train_ds = load_or_generate(default_recipe("train", size, cfg.data_scale), cfg.data_dir, cfg.progress)
+    if val_ds is None:
+        val_ds = load_or_generate(default_recipe("val", size, cfg.data_scale), cfg.data_dir, cfg.progress)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ValueError("empty dataset: no frames to train or validate on")
+    if len(val_ds) > cfg.max_val_frames > 0:
+        keep = np.linspace(0, len(val_ds) - 1, cfg.max_val_frames).round().astype(int)
+        val_ds = dataclasses.replace(val_ds, frames=val_ds.frames[keep], labels=val_ds.labels[keep],
+                                     env_index=val_ds.env_index[keep], seed=val_ds.seed[keep],
+                                     episode_goal=None, success=None)
+    if train_ds.frames.shape[1] != size:
+        raise ValueError(f"dataset frames are {train_ds.frames.shape[1]} px, model {cfg.model} needs {size}")
+    return train_ds, val_ds
+
+
+def caption_targets(ds: FrameDataset, train_cols: np.ndarray, with_attributes: bool):
+    """(captions' goal texts, labels bool (N, C), env_cand bool (E, C)) over the C caption columns: the training
+    goals first, then (``with_attributes``) the partial goals of :func:`attribute_captions` that hold on some
+    frame; ``env_cand[e, c]``: caption c belongs to environment e's task set."""
+    goals = [ds.goals[c] for c in train_cols]
+    labels = [ds.labels[:, train_cols]]
+    env_cand = np.stack([np.isin(train_cols, cols) for cols in ds.env_goals])
+    partial = attribute_captions(ds.goals) if with_attributes else {}
+    partial = {a: [ds.goals.index(g) for g in covered] for a, covered in partial.items()}
+    # a partial goal that holds on no training frame would only be an extra negative: leave it out
+    partial = {a: cols for a, cols in partial.items() if ds.labels[:, cols].any()}
+    if partial:  # none without household frames
+        goals += list(partial)
+        labels.append(np.stack([ds.labels[:, cols].any(1) for cols in partial.values()], 1))
+        # a partial goal belongs to the environment of the goals it covers
+        env_cand = np.concatenate([env_cand, np.stack([[cols[0] in env for cols in partial.values()]
+                                                       for env in ds.env_goals])], 1)
+    return goals, torch.from_numpy(np.concatenate(labels, 1)), torch.from_numpy(env_cand)
+
+
+def reward_loss(goal_logits, goal_y, env, env_cand, cfg: PretrainConfig, n_neg: int, generator) -> torch.Tensor:
+    """The paper's reward as a classifier (:func:`reward_bce`) per environment of the batch, with goal sets of
+    ``n_neg`` negatives from the environment's own goals, weighted by the environment's share of the batch."""
+    terms = []
+    for e in env.unique():
+        rows = env == e
+        cand = env_cand[e]
+        if cand.sum() < 2:  # a single training goal (classic control): negatives from all domains
+            cand = torch.ones_like(cand)
+        cand = cand.expand(int(rows.sum()), -1)
+        q, negs, valid = sample_goal_sets(goal_y[rows], cand, cfg.num_queries, min(n_neg, int(cand[0].sum()) - 1),
+                                          generator=generator, scores=goal_logits[rows].detach(),
+                                          num_hard=cfg.hard_queries)
+        terms.append(reward_bce(goal_logits[rows], goal_y[rows], q, negs, valid) * rows.float().mean())
+    return torch.stack(terms).sum()
+
+
 # ----- training ----------------------------------------------------------------------------------------
 def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
           val_ds: FrameDataset | None = None) -> dict:
@@ -239,43 +295,17 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     torch.set_num_threads(cfg.threads)
     mcfg = model_config(cfg.model)
     size = mcfg["vision_cfg"]["image_size"]
-    if train_ds is None:
-        train_ds = load_or_generate(default_recipe("train", size, cfg.data_scale), cfg.data_dir, cfg.progress)
-    if val_ds is None:
-        val_ds = load_or_generate(default_recipe("val", size, cfg.data_scale), cfg.data_dir, cfg.progress)
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ValueError("empty dataset: no frames to train or validate on")
-    if len(val_ds) > cfg.max_val_frames > 0:
-        keep = np.linspace(0, len(val_ds) - 1, cfg.max_val_frames).round().astype(int)
-        val_ds = dataclasses.replace(val_ds, frames=val_ds.frames[keep], labels=val_ds.labels[keep],
-                                     env_index=val_ds.env_index[keep], seed=val_ds.seed[keep],
-                                     episode_goal=None, success=None)
-    if train_ds.frames.shape[1] != size:
-        raise ValueError(f"dataset frames are {train_ds.frames.shape[1]} px, model {cfg.model} needs {size}")
+    train_ds, val_ds = _datasets(cfg, size, train_ds, val_ds)
 
     model = build_model(cfg.model)
     model.train()
     model.visual.to(memory_format=torch.channels_last)  # ~1.3-1.5x faster convolutions on CPU (oneDNN)
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
     train_cols = np.flatnonzero(train_ds.train_goal_mask)  # held-out goals never become captions
-    goals = [train_ds.goals[c] for c in train_cols]
-    n_goals = len(goals)  # caption columns [0, n_goals) are goals; after them, partial goals (no reward term)
-    labels = [train_ds.labels[:, train_cols]]
-    env_cand = np.stack([np.isin(train_cols, cols) for cols in train_ds.env_goals])  # (E, K) goals of each env
-    partial = attribute_captions(train_ds.goals) if cfg.attribute_captions else {}
-    partial = {a: [train_ds.goals.index(g) for g in covered] for a, covered in partial.items()}
-    # a partial goal that holds on no training frame would only be an extra negative: leave it out
-    partial = {a: cols for a, cols in partial.items() if train_ds.labels[:, cols].any()}
-    if partial:  # none without household frames
-        goals += list(partial)
-        labels.append(np.stack([train_ds.labels[:, cols].any(1) for cols in partial.values()], 1))
-        # a partial goal belongs to the environment of the goals it covers
-        env_cand = np.concatenate([env_cand, np.stack([[cols[0] in env for cols in partial.values()]
-                                                       for env in train_ds.env_goals])], 1)
+    goals, labels_all, env_cand = caption_targets(train_ds, train_cols, cfg.attribute_captions)
+    n_goals = len(train_cols)  # caption columns [0, n_goals) are goals; after them, partial goals (no reward term)
     captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
-    labels_all = torch.from_numpy(np.concatenate(labels, 1))
     env_all = torch.from_numpy(train_ds.env_index)
-    env_cand = torch.from_numpy(env_cand)
     weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction, cfg.env_weights,
                                exclude=None if cfg.heldout_states else heldout_state_rows(train_ds))
 
@@ -321,19 +351,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             logits = scale * img @ txt.T
             l_clip = clip_loss(img, txt, scale, y)
             n_neg = int(2 ** torch.randint(1, int(math.log2(cfg.num_negatives)) + 1, (), generator=g))
-            l_rew = []
-            goal_logits, goal_y = logits[:, :n_goals], y[:, :n_goals]  # the reward scores goals only
-            for e in env.unique():
-                rows = env == e
-                cand = env_cand[e, :n_goals]
-                if cand.sum() < 2:  # a single training goal (classic control): negatives from all domains
-                    cand = torch.ones_like(cand)
-                cand = cand.expand(int(rows.sum()), -1)
-                q, negs, valid = sample_goal_sets(goal_y[rows], cand, cfg.num_queries,
-                                                  min(n_neg, int(cand[0].sum()) - 1), generator=g,
-                                                  scores=goal_logits[rows].detach(), num_hard=cfg.hard_queries)
-                l_rew.append(reward_bce(goal_logits[rows], goal_y[rows], q, negs, valid) * rows.float().mean())
-            l_rew = torch.stack(l_rew).sum()
+            l_rew = reward_loss(logits[:, :n_goals], y[:, :n_goals], env, env_cand[:, :n_goals], cfg, n_neg, g)
             l_sig = (family_sigmoid(logits, y, env_cand[env], sig_bias) if cfg.sigmoid_weight
                      else logits.sum() * 0.0)
             loss = l_rew + cfg.clip_weight * l_clip + cfg.sigmoid_weight * l_sig
