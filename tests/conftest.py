@@ -3,6 +3,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,36 @@ TINY_PREPROCESS_CFG = {"size": 64, "mean": [0.48145466, 0.4578275, 0.40821073],
                        "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
                        "resize_mode": "shortest"}
 TINY_ARCH = "vlmreward-test-tiny"
+
+
+class RecordingRewardModel:
+    """A real RewardModel that keeps what it was called with: ``calls`` [(frames, goal_ids)], ``frames``."""
+
+    def __init__(self, model):
+        self.inner, self.calls = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def frames(self):
+        return _FrameLog(self.calls)
+
+    def __call__(self, frames, goal_ids=None):
+        self.calls.append((np.array(frames), None if goal_ids is None else np.array(goal_ids)))
+        return self.inner(frames, goal_ids)
+
+
+class _FrameLog(list):
+    """The frames of each call (a view that can also be cleared, clearing the calls)."""
+
+    def __init__(self, calls):
+        super().__init__(f for f, _ in calls)
+        self._calls = calls
+
+    def clear(self):
+        super().clear()
+        self._calls.clear()
 
 
 def build_tiny_clip(seed=0, logit_scale=100.0):

@@ -13,24 +13,12 @@ import vlmreward  # noqa: F401
 from vlmreward.goals import GoalBank
 from vlmreward.reward import RewardModel
 from vlmreward.wrappers import VectorVLMRewardWrapper, VLMRewardWrapper
+from conftest import RecordingRewardModel
 
 FIND = "vlmreward/Find-v0"
 CARTPOLE = "vlmreward/CartPoleUpright-v0"
 SMALL = {"frame_size": 70}
 
-
-class RecordingRewardModel:
-    """The real RewardModel, keeping the frames it was given."""
-
-    def __init__(self, model):
-        self.inner, self.frames = model, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, frames, goal_ids=None):
-        self.frames.append(np.array(frames))
-        return self.inner(frames, goal_ids)
 
 
 class FlippedObservation(gym.ObservationWrapper):

@@ -22,6 +22,7 @@ from vlmreward.goals import GoalBank
 from vlmreward.integrations.sb3 import GroundTruthCallback, SB3VecEnv
 from vlmreward.reward import RewardModel
 from vlmreward.wrappers import VectorVLMRewardWrapper, VLMRewardWrapper
+from conftest import RecordingRewardModel
 
 FIND = "vlmreward/Find-v0"
 CARTPOLE = "vlmreward/CartPoleUpright-v0"
@@ -29,19 +30,6 @@ SMALL = {"frame_size": 70, "max_steps": 8}  # 10-pixel tiles; short episodes: tr
 N = 3
 REPO = Path(__file__).resolve().parents[1]
 
-
-class RecordingRewardModel:
-    """The real RewardModel, keeping the frames it scored."""
-
-    def __init__(self, model):
-        self.inner, self.frames = model, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, frames, goal_ids=None):
-        self.frames.append(np.array(frames))
-        return self.inner(frames, goal_ids)
 
 
 def _actions(steps, high, seed=0):

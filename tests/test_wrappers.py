@@ -9,6 +9,7 @@ import vlmreward  # noqa: F401
 from vlmreward.goals import GoalBank
 from vlmreward.reward import RewardModel
 from vlmreward.wrappers import VectorVLMRewardWrapper, VLMRewardWrapper
+from conftest import RecordingRewardModel
 
 FIND = "vlmreward/Find-v0"
 CARTPOLE = "vlmreward/CartPoleUpright-v0"
@@ -25,19 +26,6 @@ def cartpole_bank(tiny_model):
     return GoalBank(tiny_model, gym.make(CARTPOLE).unwrapped.task_set)
 
 
-class CountingRewardModel:
-    """The real RewardModel, counting calls and keeping what it was given."""
-
-    def __init__(self, model):
-        self.inner, self.calls = model, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, frames, goal_ids=None):
-        self.calls.append((np.array(frames), None if goal_ids is None else np.array(goal_ids)))
-        return self.inner(frames, goal_ids)
-
 
 class CountingRender(gym.Wrapper):
     def __init__(self, env):
@@ -50,7 +38,7 @@ class CountingRender(gym.Wrapper):
 
 
 def test_single_env_reward_equals_reward_model(tiny_model, find_bank):
-    rm = CountingRewardModel(RewardModel(tiny_model, find_bank, threshold=1.0))
+    rm = RecordingRewardModel(RewardModel(tiny_model, find_bank, threshold=1.0))
     env = VLMRewardWrapper(gym.make(FIND, **SMALL), rm, goal_embedding=True)
     obs, info = env.reset(seed=0)
     assert obs["goal_id"] == find_bank.index(info["goal"]) == find_bank.index(env.unwrapped.goal)
@@ -158,7 +146,7 @@ def mixed_threshold(tiny_model, find_bank):
 
 
 def test_vector_one_call_per_step_and_autoreset_masking(tiny_model, find_bank, mixed_threshold):
-    rm = CountingRewardModel(RewardModel(tiny_model, find_bank, threshold=mixed_threshold))
+    rm = RecordingRewardModel(RewardModel(tiny_model, find_bank, threshold=mixed_threshold))
     n = ROLLOUT["num_envs"]
     env = VectorVLMRewardWrapper(gym.make_vec(FIND, num_envs=n, **SMALL), rm)
     obs, _ = env.reset(seed=ROLLOUT["seed"])
@@ -212,7 +200,7 @@ def test_vector_sync_and_async_agree(tiny_model, find_bank, mixed_threshold):
 
 
 def test_vector_rendered_frames_and_goal(tiny_model, cartpole_bank):
-    rm = CountingRewardModel(RewardModel(tiny_model, cartpole_bank, threshold=1.0))
+    rm = RecordingRewardModel(RewardModel(tiny_model, cartpole_bank, threshold=1.0))
     goal = "the pole is upright"
     env = VectorVLMRewardWrapper(gym.make_vec(CARTPOLE, num_envs=3, render_mode="rgb_array"), rm, goal=goal,
                                  goal_embedding=True)
