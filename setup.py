@@ -108,4 +108,5 @@ class CMakeBuild(build_ext):
         subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
 
 
-setup(ext_modules=[Extension("vlmreward._C", sources=[])], cmdclass={"build_ext": CMakeBuild})
+if __name__ == "__main__":  # setuptools' build backend runs this file as __main__; tests import it
+    setup(ext_modules=[Extension("vlmreward._C", sources=[])], cmdclass={"build_ext": CMakeBuild})

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmreward.goals import GoalBank
-from vlmreward.ops import RewardOutput, as_frames, fused_reward
+from vlmreward.ops import RewardOutput, as_frames, fused_reward, validate_goal_bank
 
 MODES = ("binary", "probability", "cosine", "projection")
 
@@ -83,6 +83,7 @@ class RewardModel:
             self._sets = torch.cat([bank.goal_sets, extra])
             t = bank.goal_embeddings.double()
             self._t_dot_b = t @ b.to(t)  # (G,)
+            validate_goal_bank(self._text, self._sets)
 
     def __repr__(self):
         return (f"RewardModel(mode={self.mode!r}, threshold={self.threshold}, temperature={self.temperature:.4g}, "
@@ -99,7 +100,7 @@ class RewardModel:
         kernel_mode = "cosine" if self.mode == "projection" else self.mode
         out = fused_reward(x, self.model.encode_image, self._text, self._sets, logit_scale=self.logit_scale,
                            threshold=self.threshold, goal_ids=None if self.mode == "projection" else ids,
-                           mode=kernel_mode, **self.model.preprocess_cfg)
+                           mode=kernel_mode, bank_checked=True, **self.model.preprocess_cfg)
         if self.mode != "projection":
             return out
         return self._projection(out, ids)
