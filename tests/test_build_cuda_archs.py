@@ -68,8 +68,11 @@ def _listed(flag, so):
 
 @pytest.mark.skipif(not _C.cuda_built, reason="this build has no CUDA kernels")
 def test_fatbin_holds_the_requested_architectures():
-    cuobjdump = shutil.which("cuobjdump") or ("/usr/local/cuda/bin/cuobjdump"
-                                               if os.path.exists("/usr/local/cuda/bin/cuobjdump") else None)
+    candidates = [shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump"]
+    triton = importlib.util.find_spec("triton")  # torch's CUDA wheels ship triton, which bundles cuobjdump
+    if triton is not None and triton.submodule_search_locations:
+        candidates.append(os.path.join(triton.submodule_search_locations[0], "backends/nvidia/bin/cuobjdump"))
+    cuobjdump = next((c for c in candidates if c and os.path.exists(c)), None)
     if cuobjdump is None:
         pytest.skip("cuobjdump not found")
     os.environ["PATH"] = os.path.dirname(cuobjdump) + os.pathsep + os.environ["PATH"]

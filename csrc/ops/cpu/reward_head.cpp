@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -53,12 +54,10 @@ void maybe_parallel(int64_t n, int64_t work_per_item, const F& f) {
 // < 1e-11 relative): plain arithmetic that the compiler vectorises, unlike libm's exp.
 VLM_CLONES void exp_nonpositive(double* x, int64_t n) {
   constexpr double kMagic = 0x1.8p52;  // adding it rounds to an integer held in the low mantissa bits
-  int64_t magic_bits;
-  std::memcpy(&magic_bits, &kMagic, sizeof magic_bits);
+  constexpr int64_t kMagicBits = std::bit_cast<int64_t>(kMagic);
   for (int64_t i = 0; i < n; ++i) {
     const double v0 = x[i];
-    const bool under = !(v0 >= -708.0);
-    const double v = under ? -708.0 : v0;
+    const double v = v0 < -708.0 ? -708.0 : v0;  // -inf (padding) included
     const double t = v * 1.4426950408889634 + kMagic;
     const double k = t - kMagic;
     const double r = (v - k * 0.6931471803691238) - k * 1.9082149292705877e-10;  // ln2 split: k * hi is exact
@@ -73,12 +72,8 @@ VLM_CLONES void exp_nonpositive(double* x, int64_t n) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t bits;
-    std::memcpy(&bits, &t, sizeof bits);
-    bits = (bits - magic_bits + 1023) << 52;  // 2^k
-    double two_k;
-    std::memcpy(&two_k, &bits, sizeof two_k);
-    x[i] = under ? 0.0 : p * two_k;
+    const double two_k = std::bit_cast<double>((std::bit_cast<int64_t>(t) - kMagicBits + 1023) << 52);
+    x[i] = v0 < -708.0 ? 0.0 : p * two_k;
   }
 }
 
@@ -132,17 +127,24 @@ std::tuple<at::Tensor, at::Tensor> run(const RewardHeadShape& s, const at::Tenso
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t* set = sets + ids[b] * M;
         const T* row = dots + b * K;
-        int64_t n = 0;
-        double m = -INFINITY;
-        for (int64_t i = 0; i < M; ++i) {
-          if (set[i] < 0) continue;
-          l[n] = scale * (double(row[set[i]]) * inv_x[b] * inv_t[set[i]]);
-          m = std::max(m, l[n++]);
+        const double sx = scale * inv_x[b];
+        for (int64_t i = 0; i < M; ++i) {  // padding (-1) -> -inf -> exp 0
+          const int64_t k = set[i] < 0 ? set[0] : set[i];
+          l[i] = set[i] < 0 ? -INFINITY : sx * (double(row[k]) * inv_t[k]);
         }
-        for (int64_t i = 0; i < n; ++i) l[i] -= m;
-        exp_nonpositive(l.data(), n);
-        double sum = 0.0;
-        for (int64_t i = 0; i < n; ++i) sum += l[i];
+        double m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        int64_t i = 0;
+        for (; i + 4 <= M; i += 4)
+          for (int q = 0; q < 4; ++q) m4[q] = l[i + q] > m4[q] ? l[i + q] : m4[q];
+        for (; i < M; ++i) m4[0] = l[i] > m4[0] ? l[i] : m4[0];
+        const double m = std::max(std::max(m4[0], m4[1]), std::max(m4[2], m4[3]));
+        for (int64_t j = 0; j < M; ++j) l[j] -= m;
+        exp_nonpositive(l.data(), M);
+        double s4[4] = {0, 0, 0, 0};
+        for (i = 0; i + 4 <= M; i += 4)
+          for (int q = 0; q < 4; ++q) s4[q] += l[i + q];
+        for (; i < M; ++i) s4[0] += l[i];
+        const double sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
         const double p = l[0] / sum;  // set[0], the goal, is never padding
         p_out[b] = static_cast<float>(p);
         r_out[b] = reward_from(mode, p, double(row[set[0]]) * inv_x[b] * inv_t[set[0]], threshold);
