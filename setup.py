@@ -4,7 +4,10 @@ Environment variables:
   VLMREWARD_CPU_ONLY=1      build the CPU kernels only, even where nvcc and a CUDA torch are present.
   VLMREWARD_REQUIRE_CUDA=1  fail the build unless the CUDA kernels are built (CI sets this).
   VLMREWARD_PTXAS_VERBOSE=1 print registers / spills of every CUDA kernel (nvcc -Xptxas -v).
-  CMAKE_CUDA_ARCHITECTURES  override the GPU architectures (default "80-real;90").
+  CMAKE_CUDA_ARCHITECTURES  GPU architectures in CMake's form ("80-real;90"); wins over TORCH_CUDA_ARCH_LIST.
+  TORCH_CUDA_ARCH_LIST      GPU architectures in torch's form ("7.5;8.0;9.0+PTX"). Default: the architectures
+                            the installed torch was built for (torch.cuda.get_arch_list()), SASS for each and
+                            PTX of the newest.
   MAX_JOBS                  parallel compile jobs (default: number of CPUs).
 """
 import os
@@ -49,6 +52,31 @@ def cuda_decision():
     return True, nvcc, f"nvcc {found.group(1)}.{found.group(2)} matches torch's CUDA {torch.version.cuda}"
 
 
+def cuda_architectures() -> str:
+    """CMAKE_CUDA_ARCHITECTURES for this build (see the module docstring)."""
+    if os.environ.get("CMAKE_CUDA_ARCHITECTURES"):
+        return os.environ["CMAKE_CUDA_ARCHITECTURES"]
+    listed = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";").replace(" ", ";")
+    archs = []
+    if listed.strip(";"):
+        for entry in filter(None, listed.split(";")):
+            ptx = entry.endswith("+PTX")
+            found = re.fullmatch(r"(\d+)\.(\d+)([af]?)", entry.removesuffix("+PTX"))
+            if not found:
+                raise ValueError(f"TORCH_CUDA_ARCH_LIST: cannot read {entry!r} (expected e.g. 8.0, 9.0a or 8.6+PTX)")
+            arch = found.group(1) + found.group(2) + found.group(3)
+            archs.append(f"{arch}-real")
+            if ptx:
+                archs.append(f"{arch}-virtual")
+        return ";".join(archs)
+    import torch
+
+    numbers = sorted({int(a.split("_")[1]) for a in torch.cuda.get_arch_list() if a.startswith("sm_")})
+    if not numbers:
+        raise RuntimeError("torch.cuda.get_arch_list() is empty; set TORCH_CUDA_ARCH_LIST or CMAKE_CUDA_ARCHITECTURES")
+    return ";".join([f"{n}-real" for n in numbers[:-1]] + [str(numbers[-1])])  # the newest: SASS + PTX
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import pybind11
@@ -72,11 +100,13 @@ class CMakeBuild(build_ext):
         ]
         if with_cuda:
             args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
-            if os.environ.get("CMAKE_CUDA_ARCHITECTURES"):
-                args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['CMAKE_CUDA_ARCHITECTURES']}")
+            archs = cuda_architectures()
+            print(f"vlmreward: CUDA architectures {archs}", flush=True)
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)
         subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
 
 
-setup(ext_modules=[Extension("vlmreward._C", sources=[])], cmdclass={"build_ext": CMakeBuild})
+if __name__ == "__main__":  # setuptools' build backend runs this file as __main__; tests import it
+    setup(ext_modules=[Extension("vlmreward._C", sources=[])], cmdclass={"build_ext": CMakeBuild})

@@ -7,8 +7,11 @@ preprocess (uint8 frames -> (B,3,224,224) float32, bicubic, open_clip's default 
   interp      float F.interpolate(bicubic, antialias) + crop + normalise (as some reward codebases do)
   copy        a plain copy of the same bytes ours reads + writes: the memory-bandwidth floor
 reward_head (B frames, K texts, each text a goal whose negatives are the K-1 others, as GoalBank's default):
-  ours        vlmreward.reward_head (all goals (B,K), and per-frame goal_ids (B,))
+  ours        vlmreward.reward_head (all goals (B,K), and per-frame goal_ids (B,)), every mode
   torch       the plain composition: normalize, matmul, gather each goal's set, softmax, select, compare
+
+BENCH_THREADS (default 2) sets torch's threads; BENCH_DEVICE=cuda runs ours, tv2, interp and torch on the GPU
+(synchronised around each call; PIL and copy stay CPU-only and are skipped there).
 """
 import os
 
@@ -23,6 +26,7 @@ from torchvision.transforms import v2
 import vlmreward
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 SIZES = {"400x600": (400, 600), "224x224": (224, 224), "64x64": (64, 64)}
 BATCHES = [1, 16, 64, 256]
 S = 224
@@ -41,6 +45,17 @@ def _frames(shape, batch):
     return np.clip(base[None] + rng.normal(0, 20, (batch, h, w, 3)), 0, 255).astype(np.uint8)
 
 
+def _on_device(fn):
+    if DEVICE == "cpu":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
 def _pil(frames):
     tf = open_clip.image_transform(S, is_train=False)
     return lambda: torch.stack([tf(Image.fromarray(f)) for f in frames])
@@ -49,13 +64,13 @@ def _pil(frames):
 def _tv2(frames):
     tf = v2.Compose([v2.Resize(S, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(S),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    x = torch.from_numpy(frames).to(DEVICE).permute(0, 3, 1, 2)
     return lambda: tf(x)
 
 
 def _interp(frames):
-    x = torch.from_numpy(frames)
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    x = torch.from_numpy(frames).to(DEVICE)
+    mean, std = torch.tensor(MEAN, device=DEVICE).view(1, 3, 1, 1), torch.tensor(STD, device=DEVICE).view(1, 3, 1, 1)
     h, w = frames.shape[1:3]
     size = (S, int(S * w / h)) if h <= w else (int(S * h / w), S)
 
@@ -67,7 +82,7 @@ def _interp(frames):
 
 
 def _ours(frames):
-    x = torch.from_numpy(frames)
+    x = torch.from_numpy(frames).to(DEVICE)
     return lambda: vlmreward.preprocess(x)
 
 
@@ -92,9 +107,11 @@ def test_preprocess(benchmark, size, batch, impl):
     frames = _frames(SIZES[size], batch)
     if impl == "pil" and batch > 64:  # PIL is linear in the batch: time 64 frames and scale in the report
         pytest.skip("PIL timed at batch <= 64")
+    if DEVICE != "cpu" and impl in ("pil", "copy"):
+        pytest.skip("CPU-only baseline")
     benchmark.group = f"preprocess {size} B={batch}"
     benchmark.extra_info.update(frames=batch, bytes=frames.nbytes + batch * 3 * S * S * 4)
-    fn = PREPROCESS[impl](frames)
+    fn = _on_device(PREPROCESS[impl](frames))
     benchmark.pedantic(fn, rounds=5 if batch * frames[0].size > 2e7 else 10, warmup_rounds=1)
 
 
@@ -104,29 +121,34 @@ def _reward_problem(B, K, D):
     sets = torch.stack([torch.cat([torch.tensor([k]), torch.tensor([j for j in range(K) if j != k])])
                         for k in range(K)])
     ids = torch.randint(0, K, (B,), generator=g)
-    return image, text, sets, ids
+    return image.to(DEVICE), text.to(DEVICE), sets.to(DEVICE), ids.to(DEVICE)
 
 
-def _torch_head(image, text, sets, ids, scale=100.0, threshold=0.5):
+def _torch_head(image, text, sets, ids, mode, scale=100.0, threshold=0.5):
     x, t = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
     logits = scale * x @ t.T
     if ids is None:
         probs = logits[:, sets].softmax(-1)[..., 0]  # (B, G, 1+N)
+        cos = logits[:, sets[:, 0]] / scale
     else:
         probs = torch.gather(logits, 1, sets[ids]).softmax(-1)[:, 0]
-    return probs, (probs > threshold).float()
+        cos = torch.gather(logits, 1, sets[ids, :1])[:, 0] / scale
+    return probs, {"binary": (probs > threshold).float(), "probability": probs, "cosine": cos}[mode]
 
 
 @pytest.mark.parametrize("impl", ["ours", "torch"])
+@pytest.mark.parametrize("mode", ["binary", "probability", "cosine"])
 @pytest.mark.parametrize("goals", ["all", "goal_ids"])
 @pytest.mark.parametrize("shape", ["B=256,K=64,D=512", "B=4096,K=256,D=768"])
-def test_reward_head(benchmark, shape, goals, impl):
+def test_reward_head(benchmark, shape, goals, mode, impl):
     B, K, D = (int(p.split("=")[1]) for p in shape.split(","))
     image, text, sets, ids = _reward_problem(B, K, D)
     ids = ids if goals == "goal_ids" else None
-    benchmark.group = f"reward_head {shape} {goals}"
-    if impl == "ours":
-        fn = lambda: vlmreward.reward_head(image, text, sets, logit_scale=100.0, threshold=0.5, goal_ids=ids)  # noqa
+    benchmark.group = f"reward_head {shape} {goals} {mode}"
+    if impl == "ours":  # a GoalBank's tensors: validated once, as RewardModel calls it
+        vlmreward.ops.validate_goal_bank(text, sets)
+        fn = lambda: vlmreward.reward_head(image, text, sets, logit_scale=100.0, threshold=0.5, goal_ids=ids,  # noqa
+                                           mode=mode, bank_checked=True)
     else:
-        fn = lambda: _torch_head(image, text, sets, ids)  # noqa
-    benchmark.pedantic(fn, rounds=20 if B <= 256 else 5, warmup_rounds=1)
+        fn = lambda: _torch_head(image, text, sets, ids, mode)  # noqa
+    benchmark.pedantic(_on_device(fn), rounds=20 if B <= 256 else 5, warmup_rounds=1)

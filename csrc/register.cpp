@@ -13,7 +13,7 @@ TORCH_LIBRARY(vlmreward, m) {
   m.def("_preprocess_pointwise(Tensor frames, int image_size, float[] mean, float[] std, str resize_mode, "
         "str interpolation, ScalarType dtype) -> Tensor");
   m.def("reward_head(Tensor image_embeddings, Tensor text_embeddings, Tensor goal_sets, float logit_scale, "
-        "float threshold, Tensor? goal_ids, str mode) -> (Tensor probs, Tensor rewards)");
+        "float threshold, Tensor? goal_ids, str mode, bool bank_checked=False) -> (Tensor probs, Tensor rewards)");
 }
 
 TORCH_LIBRARY_IMPL(vlmreward, CPU, m) {

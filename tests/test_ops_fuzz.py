@@ -98,6 +98,7 @@ def test_reward_head_properties(problem, threshold, with_ids, ids_seed):
             p = torch.softmax(logits[b, members], 0)[0].item()
             got = out.probs[b].item() if with_ids else out.probs[b, c].item()
             reward = out.rewards[b].item() if with_ids else out.rewards[b, c].item()
-            assert got == pytest.approx(p, rel=1e-5, abs=1e-38)
+            # the precision contract: 1e-5 for float64 inputs, 1e-4 for float32/float16/bfloat16
+            assert got == pytest.approx(p, rel=1e-5 if image.dtype == torch.float64 else 1e-4, abs=1e-38)
             if abs(p - threshold) > 1e-9:  # eq. 2 is decided on the float64 probability
                 assert reward == float(p > threshold)

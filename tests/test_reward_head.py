@@ -33,6 +33,11 @@ def random_problem(B=7, K=9, D=16, G=5, N=3, seed=0, dtype=torch.float32):
     return image, text, sets
 
 
+# Precision contract of reward_head (docs/kernels.md): relative error of p against float64 math <= 1e-4 for
+# float32/float16/bfloat16 inputs, <= 1e-5 for float64 inputs.
+F32_TOL, F64_TOL = 1e-4, 1e-5
+
+
 def rel_err(a, b):
     return ((a.double() - b).abs() / b.abs().clamp_min(1e-300)).max().item()
 
@@ -44,7 +49,7 @@ def test_all_goals_match_reference(logit_scale):
     probs, rewards, _ = reference(image, text, sets, logit_scale, 0.3)
     assert out.probs.shape == out.rewards.shape == (7, 5)
     assert out.probs.dtype == out.rewards.dtype == torch.float32
-    assert rel_err(out.probs, probs) <= 1e-5
+    assert rel_err(out.probs, probs) <= F32_TOL
     assert torch.equal(out.rewards.double(), rewards)
 
 
@@ -55,7 +60,7 @@ def test_tiny_probabilities_keep_relative_precision():
     probs, _, _ = reference(image, text, sets, 400.0, 0.5)
     assert probs.min() < 1e-30  # the case is exercised
     nonzero = probs > 1e-37  # float32 output range
-    assert rel_err(out.probs[nonzero], probs[nonzero]) <= 1e-5
+    assert rel_err(out.probs[nonzero], probs[nonzero]) <= F32_TOL
 
 
 def test_padding_rows():
@@ -63,7 +68,7 @@ def test_padding_rows():
     sets = torch.tensor([[0, 1, 2, 3], [4, 5, -1, -1], [2, -1, -1, -1], [3, -1, 0, -1]])
     out = vlmreward.reward_head(image, text, sets, logit_scale=50.0, threshold=0.5)
     probs, _, _ = reference(image, text, sets, 50.0, 0.5)
-    assert rel_err(out.probs, probs) <= 1e-5
+    assert rel_err(out.probs, probs) <= F32_TOL
     assert torch.all(out.probs[:, 2] == 1.0)  # a goal without negatives is certain
 
 
@@ -73,7 +78,7 @@ def test_goal_ids_and_modes():
     probs, rewards, cos = reference(image, text, sets, 100.0, 0.2, goal_ids=ids)
     out = vlmreward.reward_head(image, text, sets, logit_scale=100.0, threshold=0.2, goal_ids=ids)
     assert out.probs.shape == (11,)
-    assert rel_err(out.probs, probs) <= 1e-5 and torch.equal(out.rewards.double(), rewards)
+    assert rel_err(out.probs, probs) <= F32_TOL and torch.equal(out.rewards.double(), rewards)
     p = vlmreward.reward_head(image, text, sets, logit_scale=100.0, threshold=0.2, goal_ids=ids, mode="probability")
     assert torch.equal(p.rewards, p.probs)
     c = vlmreward.reward_head(image, text, sets, logit_scale=100.0, threshold=0.2, goal_ids=ids, mode="cosine")
@@ -97,7 +102,7 @@ def test_low_precision_inputs(dtype):
     image, text, sets = random_problem(dtype=dtype)
     out = vlmreward.reward_head(image, text, sets, logit_scale=100.0, threshold=0.5)
     probs, _, _ = reference(image, text, sets, 100.0, 0.5)  # reference on the same rounded inputs
-    assert rel_err(out.probs, probs) <= 1e-5
+    assert rel_err(out.probs, probs) <= F32_TOL
 
 
 def test_unnormalised_text_is_normalised():
@@ -174,3 +179,84 @@ def test_ops_trace_under_torch_compile():
     eager = f(frames, image, text, sets)
     for a, b in zip(compiled(frames, image, text, sets), eager):
         assert torch.equal(a, b)
+
+
+def test_precision_contract_at_clip_sizes():
+    # D = 512, logit_scale 100 (OpenAI CLIP): float32 inputs <= 1e-4, float64 inputs <= 1e-5 relative error of p
+    # against eq. 1 in float64 (the documented contract).
+    image, text, sets = random_problem(B=64, K=40, D=512, G=40, N=39, seed=5)
+    ids = torch.randint(0, 40, (64,), generator=torch.Generator().manual_seed(2))
+    for dtype, tol in ((torch.float32, F32_TOL), (torch.float64, F64_TOL)):
+        for goal_ids in (None, ids):
+            out = vlmreward.reward_head(image.to(dtype), text.to(dtype), sets, logit_scale=100.0, threshold=0.5,
+                                        goal_ids=goal_ids)
+            probs, _, _ = reference(image.to(dtype), text.to(dtype), sets, 100.0, 0.5, goal_ids=goal_ids)
+            assert probs.min() < 1e-6  # the softmax is far from uniform: errors of logits show
+            assert rel_err(out.probs, probs) <= tol, (dtype, goal_ids is None)
+
+
+def test_float64_inputs_keep_1e5():
+    image, text, sets = random_problem(B=9, K=12, D=32, G=6, N=5, seed=7, dtype=torch.float64)
+    for scale in (0.5, 100.0, 450.0):
+        out = vlmreward.reward_head(image, text, sets, logit_scale=scale, threshold=0.5)
+        probs, _, _ = reference(image, text, sets, scale, 0.5)
+        keep = probs > 1e-37
+        assert rel_err(out.probs[keep], probs[keep]) <= F64_TOL
+
+
+def test_bank_checked_gives_the_same_answers():
+    image, text, sets = random_problem(B=5)
+    vlmreward.ops.validate_goal_bank(text, sets)
+    for ids in (None, torch.tensor([0, 1, 2, 3, 4])):
+        a = vlmreward.reward_head(image, text, sets, logit_scale=50.0, threshold=0.4, goal_ids=ids)
+        b = vlmreward.reward_head(image, text, sets, logit_scale=50.0, threshold=0.4, goal_ids=ids, bank_checked=True)
+        assert torch.equal(a.probs, b.probs) and torch.equal(a.rewards, b.rewards)
+    # on the CPU the per-call checks still run with bank_checked
+    with pytest.raises(ValueError, match="goal_sets entries"):
+        vlmreward.reward_head(image, text, torch.tensor([[0, 99]]), logit_scale=1.0, threshold=0.5, bank_checked=True)
+
+
+@pytest.mark.parametrize("text, sets, error, match", [
+    (torch.zeros(3, 4), torch.tensor([[0, 1]]), ValueError, "all-zero"),
+    (torch.full((3, 4), float("inf")), torch.tensor([[0, 1]]), ValueError, "NaN/Inf"),
+    (torch.randn(3, 4), torch.tensor([[0, 3]]), ValueError, "goal_sets entries"),
+    (torch.randn(3, 4), torch.tensor([[-1, 1]]), ValueError, "goal_sets entries"),
+    (torch.randn(3, 4), torch.tensor([[0, 1]], dtype=torch.int32), TypeError, "int64"),
+    (torch.randn(3, 4, dtype=torch.float64).to(torch.int64), torch.tensor([[0, 1]]), TypeError, "float"),
+])
+def test_validate_goal_bank_rejects(text, sets, error, match):
+    with pytest.raises(error, match=match):
+        vlmreward.ops.validate_goal_bank(text, sets)
+
+
+def test_meta_device_inputs_are_refused_like_other_devices():
+    image, text, sets = random_problem()
+    for args in ((image.to("meta"), text, sets), (image, text.to("meta"), sets), (image, text, sets.to("meta"))):
+        with pytest.raises(ValueError, match="different devices"):
+            vlmreward.reward_head(*args, logit_scale=10.0, threshold=0.5)
+    with pytest.raises(ValueError, match="goal_ids on"):
+        vlmreward.reward_head(image, text, sets, logit_scale=10.0, threshold=0.5,
+                              goal_ids=torch.zeros(7, dtype=torch.int64, device="meta"))
+    out = vlmreward.reward_head(image.to("meta"), text.to("meta"), sets.to("meta"), logit_scale=10.0, threshold=0.5)
+    assert out.probs.device.type == "meta" and out.probs.shape == (7, 5)
+
+
+@pytest.mark.parametrize("changes, error, match", [
+    (dict(image_embeddings=torch.randn(7, 15)), ValueError, "embedding sizes differ"),
+    (dict(image_embeddings=torch.randn(0, 16)), ValueError, "empty batch"),
+    (dict(image_embeddings=torch.ones(7, 16, dtype=torch.int32)), TypeError, "float"),
+    (dict(goal_sets=torch.tensor([[0, 1]], dtype=torch.int32)), TypeError, "int64"),
+    (dict(logit_scale=0.0), ValueError, "logit_scale"),
+    (dict(goal_ids=torch.tensor([0] * 6)), ValueError, "goal_ids must be \\(B,\\)"),
+    (dict(mode="log"), ValueError, "mode"),
+])
+def test_fake_kernel_checks_like_the_real_one(changes, error, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    kw = _bad(**changes)
+    kw.setdefault("goal_ids", None)
+    kw.setdefault("mode", "binary")
+    with FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+        with pytest.raises(error, match=match):
+            torch.ops.vlmreward.reward_head(fake["image_embeddings"], fake["text_embeddings"], fake["goal_sets"],
+                                            fake["logit_scale"], fake["threshold"], fake["goal_ids"], fake["mode"])

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmreward import fileio
+from vlmreward.ops import validate_goal_bank
 
 FORMAT = "vlmreward.GoalBank/1"
 TEMPLATE_ENSEMBLING = ("normalized_mean", "mean")
@@ -130,6 +131,7 @@ class GoalBank:
         # clone() outside inference mode: a normal tensor a policy may feed into autograd
         self.text_embeddings = text_embeddings.to(model.device, torch.float32).clone()
         self.goal_sets = goal_sets.to(model.device, torch.int64).clone()
+        validate_goal_bank(self.text_embeddings, self.goal_sets)  # once: reward calls pass bank_checked=True
         self.meta = meta
         self._index = {g: i for i, g in enumerate(self.goals)}
 

@@ -28,7 +28,7 @@ import warnings
 
 from vlmreward.goals import GoalBank
 from vlmreward.metrics import calibrate_threshold
-from vlmreward.ops import RewardOutput, as_frames, fused_reward
+from vlmreward.ops import RewardOutput, as_frames, fused_reward, validate_goal_bank
 
 MODES = ("binary", "probability", "cosine", "projection")
 
@@ -104,6 +104,7 @@ class RewardModel:
             self._sets = torch.cat([bank.goal_sets, extra])
             t, b = bank.goal_embeddings.double(), b.double().to(bank.goal_embeddings.device)
             self._t_dot_b, self._t_norm, self._b_norm = t @ b, t.norm(dim=-1), b.norm()  # (G,), (G,), ()
+            validate_goal_bank(self._text, self._sets)
 
     def __repr__(self):
         return (f"RewardModel(mode={self.mode!r}, threshold={self.threshold}, temperature={self.temperature:.4g}, "
@@ -120,7 +121,7 @@ class RewardModel:
         kernel_mode = "cosine" if self.mode == "projection" else self.mode
         out = fused_reward(x, self.model.encode_image, self._text, self._sets, logit_scale=self.logit_scale,
                            threshold=self.threshold, goal_ids=None if self.mode == "projection" else ids,
-                           mode=kernel_mode, **self.model.preprocess_kwargs)
+                           mode=kernel_mode, bank_checked=True, **self.model.preprocess_kwargs)
         if self.mode == "binary" and self._fire_check is not None:
             self._check_fires(out.probs, x.shape[0])
         if self.mode != "projection":

@@ -4,7 +4,6 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
-#include <string>
 #include <string_view>
 #include <vector>
 
@@ -12,27 +11,38 @@
 
 namespace vlmreward {
 
-// Resampling taps of one axis of the output canvas. Canvas index j reads resized index j + offset; a
-// canvas index outside the resized image is padding (count 0). Weights are stored `taps` apart.
+// One axis of open_clip's resize: in_size samples resized to `resized`, canvas index j reads resized index
+// j + offset (outside [0, resized): padding); `taps` bounds the taps of any index.
+struct AxisGeometry {
+  int in_size = 0;
+  int64_t resized = 0, offset = 0;
+  int taps = 0;
+};
+
+// Everything the kernels need besides the pixels and the taps: the geometry of open_clip's resize mode,
+// Pillow's pass order and the per-channel affine map of Normalize.
+struct PreprocessGeometry {
+  int64_t batch = 0, height = 0, width = 0, size = 0;
+  int interpolation = kBicubic;
+  bool vertical_first = false;
+  AxisGeometry gy, gx;
+  std::array<float, 3> scale{}, shift{};  // value = pixel * scale + shift
+  std::array<float, 3> fill{};            // padded canvas value (open_clip pads with pixel value 0)
+};
+
+// Validates every argument (raising c10::Error subclasses with a message naming the problem) and computes
+// the geometry. Reads only metadata and host scalars: no allocation, no device access.
+PreprocessGeometry check_preprocess(const at::Tensor& frames, int64_t image_size, at::ArrayRef<double> mean,
+                                    at::ArrayRef<double> std, std::string_view resize_mode,
+                                    std::string_view interpolation, at::ScalarType dtype);
+
+// Host-side taps of one axis of the canvas (plan_entry for every index), weights stored `taps` apart.
 struct AxisPlan {
   int taps = 0;
   std::vector<int32_t> start, count;
   std::vector<float> weights;
 };
-
-// Everything the kernels need besides the pixels: geometry of open_clip's resize mode, both axes' taps and
-// the per-channel affine map of Normalize.
-struct PreprocessPlan {
-  int64_t batch = 0, height = 0, width = 0, size = 0;
-  AxisPlan rows, cols;
-  std::array<float, 3> scale{}, shift{};  // value = pixel * scale + shift
-  std::array<float, 3> fill{};            // padded canvas value (open_clip pads with pixel value 0)
-};
-
-// Validates the arguments (raising c10::Error with a message naming the problem) and builds the plan.
-PreprocessPlan make_preprocess_plan(const at::Tensor& frames, int64_t image_size, at::ArrayRef<double> mean,
-                                    at::ArrayRef<double> std, const std::string& resize_mode,
-                                    const std::string& interpolation, at::ScalarType dtype);
+AxisPlan plan_axis(int interpolation, const AxisGeometry& g, int64_t canvas);
 
 at::Tensor preprocess_cpu(const at::Tensor& frames, int64_t image_size, at::ArrayRef<double> mean,
                           at::ArrayRef<double> std, std::string_view resize_mode,

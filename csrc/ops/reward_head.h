@@ -11,23 +11,23 @@
 
 namespace vlmreward {
 
-// Checked, device-agnostic first half: cos (B,K) float64 of L2-normalised embeddings, the goal_sets
-// (G,1+N) int64 and, when given, goal_ids (B,) int64, all on one device. Raises c10::Error on bad input.
-// Also allocates the outputs: probs and rewards, float32, (B, G) or (B,) with goal_ids (cols = G or 1).
-struct RewardHeadInputs {
-  at::Tensor cos, goal_sets, goal_ids;  // goal_ids undefined when absent
-  at::Tensor probs, rewards;
-  int64_t cols = 0;
+// Sizes and mode of a checked call: image (B, D), text (K, D), goal_sets (G, M = 1 + N), goal_ids (B,).
+struct RewardHeadShape {
+  int64_t B = 0, K = 0, D = 0, G = 0, M = 0;
+  bool with_ids = false;
   int mode = kBinary;
 };
 
-RewardHeadInputs prepare_reward_head(const at::Tensor& image_embeddings, const at::Tensor& text_embeddings,
-                                     const at::Tensor& goal_sets, double logit_scale, double threshold,
-                                     const std::optional<at::Tensor>& goal_ids, std::string_view mode);
+// Checks dtypes, shapes, devices, logit_scale, threshold and mode (metadata and host scalars only: no
+// device access, no sync). Raises c10::Error subclasses (ValueError / TypeError) naming the problem. Value
+// checks (indices in range, finite non-zero embeddings) are the kernels' (see reward_head_cpu/_cuda).
+RewardHeadShape check_reward_head(const at::Tensor& image_embeddings, const at::Tensor& text_embeddings,
+                                  const at::Tensor& goal_sets, double logit_scale, double threshold,
+                                  const std::optional<at::Tensor>& goal_ids, std::string_view mode);
 
 using RewardHeadFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                         double, double, const std::optional<at::Tensor>&,
-                                                        std::string_view);
+                                                        std::string_view, bool);
 RewardHeadFn reward_head_cpu;
 #ifdef VLMREWARD_WITH_CUDA
 RewardHeadFn reward_head_cuda;

@@ -1,4 +1,5 @@
-// Per-(frame, goal) arithmetic of the reward_head op, shared by the CPU and CUDA kernels.
+// Per-(frame, goal) arithmetic of the reward_head op's CUDA kernels (the CPU kernel vectorises the same
+// steps in cpu/reward_head.cpp).
 //
 // Baumli et al. (arXiv 2312.09187), eq. 1: p(l | o) = softmax over L = {goal} + negatives of
 // logit_scale * cos(f(o), g(l')), taken at the goal; eq. 2: reward = 1[p > threshold].
@@ -18,6 +19,14 @@ VLM_HD void row_exps(const double* cos, int64_t K, double scale, double* exps) {
   double m = -INFINITY;
   for (int64_t k = 0; k < K; ++k) m = fmax(m, scale * cos[k]);
   for (int64_t k = 0; k < K; ++k) exps[k] = exp(scale * cos[k] - m);
+}
+
+// Whether a goal_sets row indexes K texts (entries in [-1, K), -1 = padding, the goal itself not padding).
+VLM_HD bool valid_set(const int64_t* set, int64_t set_len, int64_t K) {
+  if (set[0] < 0) return false;
+  for (int64_t i = 0; i < set_len; ++i)
+    if (set[i] < -1 || set[i] >= K) return false;
+  return true;
 }
 
 // Probability of the goal set[0] within its set (entries < 0 are padding). Fast path: sums of the row's

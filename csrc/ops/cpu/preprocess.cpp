@@ -250,14 +250,52 @@ const Kernels& kernels() {
 }
 
 struct Scratch {
-  std::vector<float> T, ring, row;
+  std::vector<float> T, ring, row, acc;
+  std::vector<uint8_t> mid;
   std::vector<const float*> taps;
 };
 
+struct Plan {
+  PreprocessGeometry g;
+  AxisPlan rows, cols;
+};
+
+// Input columns [x_lo, x_lo + nx) any output column reads, and the valid (non-padded) output columns
+// [j_lo, j_hi): one contiguous run.
+struct ColumnSpan {
+  int64_t x_lo, nx, j_lo, j_hi;
+};
+ColumnSpan column_span(const Plan& p) {
+  const int64_t S = p.g.size;
+  int64_t x_lo = p.g.width, x_hi = 0, j_lo = S, j_hi = 0;
+  for (int64_t j = 0; j < S; ++j) {
+    if (p.cols.count[j] == 0) continue;
+    x_lo = std::min<int64_t>(x_lo, p.cols.start[j]);
+    x_hi = std::max<int64_t>(x_hi, p.cols.start[j] + p.cols.count[j]);
+    j_lo = std::min(j_lo, j);
+    j_hi = j + 1;
+  }
+  return {x_lo, std::max<int64_t>(0, x_hi - x_lo), j_lo, std::max(j_lo, j_hi)};
+}
+
+// One output row and channel from its vertical-pass sums v (clip-rounded there), normalised, padded columns
+// filled.
 template <typename out_t>
-void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out, int64_t b, int64_t r0, int64_t r1,
-                     Scratch& s) {
-  const int64_t S = p.size, H = p.height, W = p.width, S8 = (S + 7) / 8 * 8;
+VLM_INLINE void store_row(const float* v, const ColumnSpan& cs, int64_t S, out_t fill, out_t* dst) {
+  if constexpr (std::is_same_v<out_t, float>) {
+    std::memcpy(dst, v, sizeof(float) * S);
+  } else {
+    for (int64_t j = 0; j < S; ++j) dst[j] = static_cast<out_t>(v[j]);
+  }
+  std::fill(dst, dst + cs.j_lo, fill);
+  std::fill(dst + cs.j_hi, dst + S, fill);
+}
+
+// Horizontal pass first (Pillow's usual order).
+template <typename out_t>
+void preprocess_band(const uint8_t* frames, const Plan& p, const ColumnSpan& cs, out_t* out, int64_t b, int64_t r0,
+                     int64_t r1, Scratch& s) {
+  const int64_t S = p.g.size, H = p.g.height, W = p.g.width, S8 = (S + 7) / 8 * 8;
   int64_t ylo = H, yhi = 0;  // input rows the band reads
   int max_taps = 0;
   for (int64_t i = r0; i < r1; ++i) {
@@ -266,19 +304,9 @@ void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out,
     yhi = std::max<int64_t>(yhi, p.rows.start[i] + p.rows.count[i]);
     max_taps = std::max(max_taps, p.rows.count[i]);
   }
-  int64_t x_lo = W, x_hi = 0;  // input columns any output column reads
-  int64_t j_lo = S, j_hi = 0;  // valid (non-padded) output columns: one contiguous run
-  for (int64_t j = 0; j < S; ++j) {
-    if (p.cols.count[j] == 0) continue;
-    x_lo = std::min<int64_t>(x_lo, p.cols.start[j]);
-    x_hi = std::max<int64_t>(x_hi, p.cols.start[j] + p.cols.count[j]);
-    j_lo = std::min(j_lo, j);
-    j_hi = j + 1;
-  }
-  const int64_t nx = std::max<int64_t>(0, x_hi - x_lo);
   // Ring of R input rows: refilling 8 rows while output row i still needs count_i rows needs R >= count_i + 7.
   const int64_t R = (max_taps + 7 + 7) / 8 * 8, row_floats = 3 * S8;
-  s.T.resize(size_t(8 * ((3 * nx + 7) / 8 * 8)));
+  s.T.resize(size_t(8 * ((3 * cs.nx + 7) / 8 * 8)));
   s.ring.resize(size_t(R * row_floats));
   s.row.resize(size_t(S8));
   s.taps.resize(size_t(std::max(1, max_taps)));
@@ -289,47 +317,99 @@ void preprocess_band(const uint8_t* frames, const PreprocessPlan& p, out_t* out,
     if (n > 0) {
       for (; produced < y0 + n; produced += 8) {
         for (int r = 0; r < 8; ++r)  // rows past the band repeat its last row (their results are never read)
-          rows[r] = frames + ((b * H + std::min(produced + r, yhi - 1)) * W + x_lo) * 3;
-        kernels().horizontal(rows, x_lo, nx, p.cols, S, S8, s.T.data(),
-                         s.ring.data() + (produced - ylo) % R * row_floats, row_floats);
+          rows[r] = frames + ((b * H + std::min(produced + r, yhi - 1)) * W + cs.x_lo) * 3;
+        kernels().horizontal(rows, cs.x_lo, cs.nx, p.cols, S, S8, s.T.data(),
+                             s.ring.data() + (produced - ylo) % R * row_floats, row_floats);
       }
     }
     for (int c = 0; c < 3; ++c) {
       out_t* dst = out + ((b * 3 + c) * S + i) * S;
-      const out_t fill = static_cast<out_t>(p.fill[c]);
+      const out_t fill = static_cast<out_t>(p.g.fill[c]);
       if (n == 0) {  // a padded row
         std::fill(dst, dst + S, fill);
         continue;
       }
       for (int t = 0; t < n; ++t) s.taps[t] = s.ring.data() + ((y0 + t - ylo) % R * 3 + c) * S8;
       float* v = s.row.data();
-      kernels().vertical(s.taps.data(), &p.rows.weights[size_t(i) * p.rows.taps], n, S8, p.scale[c], p.shift[c], v);
-      if constexpr (std::is_same_v<out_t, float>) {
-        std::memcpy(dst, v, sizeof(float) * S);
-      } else {
-        for (int64_t j = 0; j < S; ++j) dst[j] = static_cast<out_t>(v[j]);
+      kernels().vertical(s.taps.data(), &p.rows.weights[size_t(i) * p.rows.taps], n, S8, p.g.scale[c], p.g.shift[c],
+                         v);
+      store_row(v, cs, S, fill, dst);
+    }
+  }
+}
+
+// acc[k] = sum_t w[t] * src[t][k] (taps in order, from 0 as resample_pixel_2d), then Pillow's uint8 store.
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+void vertical_u8(const uint8_t* const* src, const float* w, int taps, int64_t len, float* acc, uint8_t* mid) {
+  std::fill(acc, acc + len, 0.f);
+  for (int t = 0; t < taps; ++t) {
+    const uint8_t* row = src[t];
+    const float wt = w[t];
+    for (int64_t k = 0; k < len; ++k) acc[k] += wt * static_cast<float>(row[k]);
+  }
+  for (int64_t k = 0; k < len; ++k) {
+    const float a = acc[k] < 0.f ? 0.f : (acc[k] > 255.f ? 255.f : acc[k]);
+    mid[k] = static_cast<uint8_t>(static_cast<int>(a + 0.5f));  // clip_round()
+  }
+}
+
+// Vertical pass first (Pillow 13 when the vertical pass shrinks and the horizontal one enlarges): 8 output
+// rows at a time are resampled vertically into uint8 rows over the needed input columns, then horizontally by
+// the same 8-row kernel as the other order (which clip-rounds its sums), then normalised.
+template <typename out_t>
+void preprocess_band_vertical_first(const uint8_t* frames, const Plan& p, const ColumnSpan& cs, out_t* out,
+                                    int64_t b, int64_t r0, int64_t r1, Scratch& s) {
+  const int64_t S = p.g.size, H = p.g.height, W = p.g.width, S8 = (S + 7) / 8 * 8, K = 3 * cs.nx;
+  const int64_t row_floats = 3 * S8;
+  s.T.resize(size_t(8 * ((K + 7) / 8 * 8)));
+  s.ring.resize(size_t(8 * row_floats));
+  s.acc.resize(size_t(std::max<int64_t>(1, K)));
+  s.mid.assign(size_t(8 * std::max<int64_t>(1, K)), 0);
+  s.taps.resize(size_t(std::max(1, p.rows.taps)));
+  std::vector<const uint8_t*> src(size_t(std::max(1, p.rows.taps)));
+  for (int64_t i0 = r0; i0 < r1; i0 += 8) {
+    const uint8_t* rows[8];
+    for (int r = 0; r < 8; ++r) {
+      const int64_t i = std::min(i0 + r, r1 - 1);  // rows past the band repeat its last row (never stored)
+      const int n = p.rows.count[i];
+      rows[r] = s.mid.data() + r * K;
+      if (n == 0 || i0 + r >= r1) continue;
+      for (int t = 0; t < n; ++t) src[t] = frames + ((b * H + p.rows.start[i] + t) * W + cs.x_lo) * 3;
+      vertical_u8(src.data(), &p.rows.weights[size_t(i) * p.rows.taps], n, K, s.acc.data(), s.mid.data() + r * K);
+    }
+    kernels().horizontal(rows, cs.x_lo, cs.nx, p.cols, S, S8, s.T.data(), s.ring.data(), row_floats);
+    for (int r = 0; r < 8 && i0 + r < r1; ++r) {
+      const int64_t i = i0 + r;
+      for (int c = 0; c < 3; ++c) {
+        out_t* dst = out + ((b * 3 + c) * S + i) * S;
+        const out_t fill = static_cast<out_t>(p.g.fill[c]);
+        if (p.rows.count[i] == 0) {
+          std::fill(dst, dst + S, fill);
+          continue;
+        }
+        float* v = s.ring.data() + r * row_floats + c * S8;  // clip-rounded by the horizontal kernel
+        for (int64_t j = 0; j < S8; ++j) v[j] = v[j] * p.g.scale[c] + p.g.shift[c];  // normalise_pixel()
+        store_row(v, cs, S, fill, dst);
       }
-      std::fill(dst, dst + j_lo, fill);  // padded columns
-      std::fill(dst + std::max(j_lo, j_hi), dst + S, fill);
     }
   }
 }
 
 template <typename out_t>
-void preprocess_pointwise_rows(const uint8_t* frames, const PreprocessPlan& p, out_t* out, int64_t begin,
-                               int64_t end) {
-  const int64_t S = p.size;
+void preprocess_pointwise_rows(const uint8_t* frames, const Plan& p, out_t* out, int64_t begin, int64_t end) {
+  const int64_t S = p.g.size;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / S, i = task % S;
-    const uint8_t* frame = frames + b * p.height * p.width * 3;
+    const uint8_t* frame = frames + b * p.g.height * p.g.width * 3;
     for (int64_t j = 0; j < S; ++j) {
       for (int c = 0; c < 3; ++c) {
-        float v = p.fill[c];
+        float v = p.g.fill[c];
         if (p.rows.count[i] > 0 && p.cols.count[j] > 0) {
-          const float acc = resample_pixel_2d(frame, p.width * 3, c, p.rows.start[i], p.rows.count[i],
+          const float acc = resample_pixel_2d(frame, p.g.width * 3, c, p.rows.start[i], p.rows.count[i],
                                               &p.rows.weights[size_t(i) * p.rows.taps], p.cols.start[j],
-                                              p.cols.count[j], &p.cols.weights[size_t(j) * p.cols.taps]);
-          v = normalise_pixel(acc, p.scale[c], p.shift[c]);
+                                              p.cols.count[j], &p.cols.weights[size_t(j) * p.cols.taps],
+                                              p.g.vertical_first);
+          v = normalise_pixel(acc, p.g.scale[c], p.g.shift[c]);
         }
         out[((b * 3 + c) * S + i) * S + j] = static_cast<out_t>(v);
       }
@@ -357,27 +437,35 @@ template <bool kPointwise>
 at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<double> mean, at::ArrayRef<double> std,
                std::string_view resize_mode, std::string_view interpolation, at::ScalarType dtype) {
   TORCH_CHECK_VALUE(frames_in.device().is_cpu(), "preprocess: the CPU kernel got frames on ", frames_in.device());
-  const auto plan = make_preprocess_plan(frames_in, image_size, mean, std, std::string(resize_mode),
-                                         std::string(interpolation), dtype);
+  Plan plan;
+  plan.g = check_preprocess(frames_in, image_size, mean, std, resize_mode, interpolation, dtype);
+  plan.rows = plan_axis(plan.g.interpolation, plan.g.gy, plan.g.size);
+  plan.cols = plan_axis(plan.g.interpolation, plan.g.gx, plan.g.size);
   const at::Tensor frames = frames_in.contiguous();  // documented: non-contiguous frames are copied once
-  at::Tensor out = at::empty({plan.batch, 3, plan.size, plan.size}, frames.options().dtype(dtype));
+  at::Tensor out = at::empty({plan.g.batch, 3, plan.g.size, plan.g.size}, frames.options().dtype(dtype));
   if constexpr (!kPointwise) advise_huge_pages(out.data_ptr(), out.nbytes());
   const uint8_t* src = frames.data_ptr<uint8_t>();
-  const int64_t S = plan.size, B = plan.batch;
+  const int64_t S = plan.g.size, B = plan.g.batch;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "vlmreward_preprocess_cpu", [&] {
     scalar_t* dst = out.data_ptr<scalar_t>();
     if constexpr (kPointwise) {
       at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) { preprocess_pointwise_rows(src, plan, dst, begin, end); });
     } else {
+      const ColumnSpan cs = column_span(plan);
       // Bands per frame: enough tasks for every thread, but bands of >= 16 rows (band edges redo work).
       const int64_t threads = at::get_num_threads();
       const int64_t bands = std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
       const int64_t band_rows = (S + bands - 1) / bands;
-      at::parallel_for(0, B * bands, 1, [&](int64_t begin, int64_t end) {
+      // One task resamples ~S * S * 3 * taps values: below ~2 frames of 64 px, threads cost more than they save.
+      const int64_t grain = S * S >= 8192 ? 1 : std::max<int64_t>(1, 16384 / (S * S));
+      at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
         Scratch scratch;
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / bands, r0 = (task % bands) * band_rows;
-          if (r0 < S) preprocess_band(src, plan, dst, b, r0, std::min(S, r0 + band_rows), scratch);
+          if (r0 >= S) continue;
+          const int64_t r1 = std::min(S, r0 + band_rows);
+          if (plan.g.vertical_first) preprocess_band_vertical_first(src, plan, cs, dst, b, r0, r1, scratch);
+          else preprocess_band(src, plan, cs, dst, b, r0, r1, scratch);
         }
       });
     }
