@@ -234,3 +234,21 @@ def test_enjoy_on_a_per_step_domain_records_whole_episodes(tmp_path, tiny_clip_d
     env = gym.make("vlmreward/CartPoleUpright-v0")
     env.reset(seed=0)
     assert env.unwrapped.goal_success("the pole is upright")  # the state that used to end the recording
+
+
+def test_bf16_policy_encoder_matches_fp32_within_bfloat16_precision():
+    """--policy-precision bf16 runs the encoder under bfloat16 autocast; heads and outputs stay float32."""
+    torch.manual_seed(0)
+    emb = torch.randn(5, 16)
+    fp32 = Agent((56, 56, 3), 3, emb, goal_heads=2)
+    bf16 = Agent((56, 56, 3), 3, emb, goal_heads=2, precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    x = fp32.prepare(np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8))
+    goals, actions = torch.tensor([0, 1, 2, 3]), torch.zeros(4, dtype=torch.int64)
+    _, lp32, ent32, v32 = fp32(x, goals, actions)
+    _, lp16, ent16, v16 = bf16(x, goals, actions)
+    assert lp16.dtype == v16.dtype == torch.float32
+    torch.testing.assert_close(lp16, lp32, atol=2e-2, rtol=0)
+    torch.testing.assert_close(v16, v32, atol=5e-2, rtol=5e-2)
+    with pytest.raises(ValueError, match="precision"):
+        Agent((56, 56, 3), 3, emb, precision="fp16")

@@ -129,8 +129,11 @@ class Agent(nn.Module):
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
-                 channels: int = 64, hidden: int = 256, goal_heads: int = 0):
+                 channels: int = 64, hidden: int = 256, goal_heads: int = 0, precision: str = "fp32"):
         super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.bf16 = precision == "bf16"
         goal_embeddings = torch.as_tensor(goal_embeddings, dtype=torch.float32).detach().clone()
         if goal_embeddings.dim() != 2 or goal_embeddings.shape[0] < 1:
             raise ValueError(f"goal_embeddings must be (G,E) with G >= 1, got {tuple(goal_embeddings.shape)}")
@@ -165,6 +168,12 @@ class Agent(nn.Module):
     def _goal(self, goal_ids: torch.Tensor) -> torch.Tensor:
         return (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
 
+    def _encode(self, x, goal) -> torch.Tensor:
+        """Encoder features, float32; with precision "bf16" the encoder runs under bfloat16 autocast (the
+        heads, log-probabilities and values stay float32)."""
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            return self.encoder(x, goal).float()
+
     def _value(self, x, goal, h) -> torch.Tensor:
         if self.critic_encoder is not None:
             h = self.critic_encoder(x, goal)
@@ -173,7 +182,7 @@ class Agent(nn.Module):
     def get_value(self, x: torch.Tensor, goal_ids: torch.Tensor) -> torch.Tensor:
         """Value estimates (B,) for prepared observations x and int64 goal ids (B,)."""
         goal = self._goal(goal_ids)
-        return self._value(x, goal, None if self.critic_encoder is not None else self.encoder(x, goal))
+        return self._value(x, goal, None if self.critic_encoder is not None else self._encode(x, goal))
 
     def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor):
         """``get_action_and_value`` for given actions: the call DistributedDataParallel wraps."""
@@ -183,7 +192,7 @@ class Agent(nn.Module):
                              deterministic: bool = False):
         """Returns action (B,) int64, its log-probability (B,), the policy entropy (B,) and the value (B,)."""
         goal = self._goal(goal_ids)
-        h = self.encoder(x, goal)
+        h = self._encode(x, goal)
         dist = Categorical(logits=self.actor(h))
         if action is None:
             action = dist.logits.argmax(-1) if deterministic else dist.sample()

@@ -73,6 +73,8 @@ class Args:
     hidden: int = option(256, "hidden units of the pixel policy")
     goal_heads: int = option(0, "goal-attention queries of the pixel policy: match maps of the goal against every "
                             "cell's content (0: FiLM only)")
+    policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
+                                           "losses float32), faster on CPUs with AVX-512-BF16")
     # --- PPO (CleanRL defaults) ---
     learning_rate: float = option(1e-3, "Adam learning rate")
     anneal_lr: bool = option(True, "linearly anneal the learning rate to 0")
@@ -113,6 +115,8 @@ class Args:
                 f"num_envs * num_steps ({self.num_envs * self.num_steps}) must be divisible by num_minibatches "
                 f"({self.num_minibatches})")
         require(0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}")
+        require(self.policy_precision in ("fp32", "bf16"),
+                f"policy_precision must be 'fp32' or 'bf16', got {self.policy_precision!r}")
         require(self.hindsight_coef >= 0 and 0.0 < self.hindsight_decay <= 1.0,
                 f"hindsight_coef must be >= 0 and hindsight_decay in (0, 1], got {self.hindsight_coef}, "
                 f"{self.hindsight_decay}")
@@ -348,7 +352,8 @@ def train(args: Args) -> dict:
     task = Task(args, device)
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
-                  patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads).to(device)
+                  patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
+                  precision=args.policy_precision).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:
