@@ -18,13 +18,12 @@ chooses beta from labelled frames.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import warnings
 
 from vlmreward.goals import GoalBank
 from vlmreward.metrics import calibrate_threshold

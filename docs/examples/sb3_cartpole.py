@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-steps", type=int, default=32, help="PPO rollout length per env")
     parser.add_argument("--batch-size", type=int, default=256, help="PPO minibatch size")
     parser.add_argument("--threshold", type=float, default=0.25,
-                        help="beta; 0.25: the default model's best-F1 threshold on CartPole (configs/cartpole.yaml)")
+                        help="beta; 0.25: the default model's best-F1 threshold on CartPole (vlmreward/configs/cartpole.yaml)")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--eval-max-steps", type=int, default=None, help="time limit of evaluation episodes")
     parser.add_argument("--seed", type=int, default=0)
