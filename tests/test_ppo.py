@@ -252,3 +252,28 @@ def test_bf16_policy_encoder_matches_fp32_within_bfloat16_precision():
     torch.testing.assert_close(v16, v32, atol=5e-2, rtol=5e-2)
     with pytest.raises(ValueError, match="precision"):
         Agent((56, 56, 3), 3, emb, precision="fp16")
+
+
+@pytest.mark.parametrize("mode, baseline", [("probability", None), ("cosine", None), ("projection", ["a pole"])])
+def test_every_reward_mode_trains(tmp_path, tiny_clip_dir, mode, baseline):
+    """--reward-mode: the trained reward is the RewardModel's reward in that mode (continuous here), p > beta
+    still decides VLM success; CartPoleUpright keeps its per-step episodes."""
+    run = tmp_path / mode
+    ppo.train(ppo.Args(**dict(QUICK, env_id="vlmreward/CartPoleUpright-v0", reward="vlm", num_envs=2, num_steps=32,
+                              total_timesteps=128, eval_episodes=1), model=str(tiny_clip_dir), reward_mode=mode,
+                       baseline=baseline, run_dir=str(run)))
+    m = runlog.read_metrics(run / "metrics.csv")
+    steps, returns = m["charts/vlm_return"]
+    lengths = m["charts/episodic_length"][1]
+    assert len(returns) and not np.allclose(returns, np.round(returns))  # a continuous reward, summed
+    np.testing.assert_allclose(m["charts/episodic_return"][1], returns, rtol=1e-4)  # it is what was trained on
+    assert lengths.max() > 1  # per-step domain: never ended by the VLM
+
+
+def test_reward_mode_arguments_are_checked():
+    with pytest.raises(ValueError, match="reward_mode"):
+        ppo.check_args(ppo.Args(reward_mode="shaped"))
+    with pytest.raises(ValueError, match="baseline"):
+        ppo.check_args(ppo.Args(reward_mode="projection"))
+    with pytest.raises(ValueError, match="alpha"):
+        ppo.check_args(ppo.Args(reward_mode="projection", baseline=["a pole"], alpha=2.0))

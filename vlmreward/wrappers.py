@@ -271,8 +271,9 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
     Goals: None reads each sub-env's goal from ``info["goal"]``; a string or ``callable(rng)`` sets the
     sub-envs' ``goal_pool`` (vlmreward envs sample their next goal from it) before each reset.
     ``score_all_goals``: the same single model call scores every goal of the bank (the image tower runs once
-    per frame either way) and ``info["vlm_rewards_all"]`` (B, G) float64 holds the binary reward of each
-    goal (0 on reset steps): which goals the frame achieves, for hindsight relabelling.
+    per frame either way): ``info["vlm_rewards_all"]`` (B, G) float64 holds the reward of each goal in the
+    reward model's mode and ``info["vlm_success_all"]`` (B, G) bool where p(goal | frame) > threshold, i.e.
+    which goals the frame achieves, for hindsight relabelling (both 0 on reset steps).
     Raises ValueError for another autoreset mode, an env without frames, a bad ``frame_source``, goals outside
     the goal bank.
     """
@@ -349,9 +350,11 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
         probs = np.zeros(self.num_envs)
         rewards = np.zeros(self.num_envs)
         rewards_all = np.zeros((self.num_envs, len(self.reward_model.bank))) if self.score_all_goals else None
+        success_all = None if rewards_all is None else np.zeros(rewards_all.shape, bool)
         active = ~reset_step
         if active.any() and self.score_all_goals:  # same single call, every goal; own goal's column picked
             p_all, rewards_all[active] = self._score(np.asarray(frames)[active], None)
+            success_all[active] = p_all > self.reward_model.threshold
             rows, own = np.arange(int(active.sum())), goal_ids[active]
             probs[active], rewards[active] = p_all[rows, own], rewards_all[active][rows, own]
         elif active.any():
@@ -372,6 +375,7 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
             info["env_reward"], info["_env_reward"] = np.asarray(env_rewards, np.float64), ones
         if rewards_all is not None:
             info["vlm_rewards_all"], info["_vlm_rewards_all"] = rewards_all, ones
+            info["vlm_success_all"], info["_vlm_success_all"] = success_all, ones
         return self._policy_obs(obs, goal_ids), rewards, terminated, truncated, info
 
 

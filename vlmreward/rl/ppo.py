@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from vlmreward import config, fileio
 from vlmreward.config import option, require
+from vlmreward.reward import MODES
 from vlmreward.rl.agent import Agent
 from vlmreward.rl.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, save_checkpoint
 from vlmreward.rl.runlog import RunLogger, plot_learning_curves
@@ -54,7 +55,12 @@ class Args:
     # --- reward model (Baumli et al. eqs. 1-2) ---
     model: str = option("default", "reward model: 'default', an open_clip name, hf-hub: id or local checkpoint")
     pretrained: str | None = option(None, "open_clip pretrained tag")
-    threshold: float = option(0.5, "beta of the binary reward: 1[p(goal | frame) > beta]")
+    threshold: float = option(0.5, "beta: the binary reward is 1[p(goal | frame) > beta]; in every mode, "
+                                   "p > beta is the VLM success that ends goal-reaching episodes")
+    reward_mode: str = option("binary", "reward of a step: 'binary' (the paper), 'probability' (p), 'cosine', "
+                                        "'projection' (VLM-RM's goal-baseline projection; needs --baseline)")
+    baseline: list[str] | None = option(None, "baseline prompt(s) of the 'projection' reward, e.g. 'a pole'")
+    alpha: float = option(0.5, "projection strength of the 'projection' reward, in [0, 1]")
     num_negatives: int | None = option(None, "negatives per goal, sampled from the task set (None: all others)")
     templates: list[str] | None = option(None, "prompt templates around each goal, e.g. 'a photo of {}'")
     terminate_on_success: bool | None = option(None, "end episodes on reward 1 (None: as the environment "
@@ -115,6 +121,10 @@ class Args:
                 f"num_envs * num_steps ({self.num_envs * self.num_steps}) must be divisible by num_minibatches "
                 f"({self.num_minibatches})")
         require(0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}")
+        require(self.reward_mode in MODES, f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
+        require(self.reward_mode != "projection" or bool(self.baseline),
+                "reward_mode 'projection' needs --baseline (VLM-RM's baseline prompt)")
+        require(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         require(self.policy_precision in ("fp32", "bf16"),
                 f"policy_precision must be 'fp32' or 'bf16', got {self.policy_precision!r}")
         require(self.hindsight_coef >= 0 and 0.0 < self.hindsight_decay <= 1.0,
@@ -391,6 +401,7 @@ def train(args: Args) -> dict:
     buf = Rollout(T, B, next_x, len(hindsight_ids), device)
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
     t0, steps0, fired, prob_max = time.time(), global_step, 0.0, 0.0
+    check_fires = args.reward_mode == "binary" and task.reward_model is not None  # FIRE_CHECK_ROLLOUTS
     bar = _progress_bar(args, rank, num_iterations * batch_size * world, global_step)
 
     for iteration in range(start_iteration, num_iterations + 1):
@@ -413,14 +424,14 @@ def train(args: Args) -> dict:
             buf.ended[step] = torch.as_tensor(done, dtype=torch.float32, device=device)
             if hindsight_ids:
                 buf.achieved[step] = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids))
-            if task.reward_model is not None and iteration < start_iteration + FIRE_CHECK_ROLLOUTS:
+            if check_fires and iteration < start_iteration + FIRE_CHECK_ROLLOUTS:
                 live = ~next_done.cpu().numpy()
                 fired += float(np.sum(np.where(live, infos["vlm_reward"], 0.0)))
                 prob_max = max(prob_max, float(np.max(np.where(live, infos["vlm_prob"], 0.0))))
             raw, goal_ids = split_observation(task, obs, infos, B)
             next_x, next_goal, next_done = agent.prepare(raw), goal_ids.to(device), torch.as_tensor(done, device=device)
             _log_episodes(logger, infos, global_step, recent, vlm=task.reward_model is not None)
-        if task.reward_model is not None and iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1 and rank == 0:
+        if check_fires and iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1 and rank == 0:
             _warn_if_never_fired(fired, prob_max, args, FIRE_CHECK_ROLLOUTS * batch_size)
 
         # ---- generalised advantage estimation ----

@@ -77,7 +77,8 @@ class Task:
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
         if args.reward == "vlm":
-            self.reward_model = RewardModel(model, self.bank, threshold=args.threshold)
+            self.reward_model = RewardModel(model, self.bank, threshold=args.threshold, mode=args.reward_mode,
+                                            baseline=args.baseline, alpha=args.alpha)
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
@@ -121,11 +122,11 @@ def split_observation(task: Task, obs, infos, num_envs: int):
 def achieved_goals(task: Task, envs, infos, goal_ids: list[int]) -> np.ndarray:
     """bool (B, len(goal_ids)): which of ``goal_ids`` the TRAINED reward rewards on the frame after the action.
 
-    VLM mode: the binary VLM reward of every goal (``info["vlm_rewards_all"]``, the same model call); ground-truth
+    VLM mode: p(goal | frame) > beta for every goal (``info["vlm_success_all"]``, the same model call); ground-truth
     mode: the environments' own ``goal_success``. Each mode relabels from its own reward and nothing else.
     """
     if task.reward_model is not None:
-        return np.asarray(infos["vlm_rewards_all"])[:, goal_ids] > 0
+        return np.asarray(infos["vlm_success_all"])[:, goal_ids]
     goals = [task.bank.goals[g] for g in goal_ids]
     return np.stack([np.asarray(envs.unwrapped.call("goal_success", g), dtype=bool) for g in goals], axis=1)
 
