@@ -15,6 +15,8 @@
 // loops; 4 floats (SSE, NEON) in the baseline build, which is also what other architectures compile.
 #include "../preprocess.h"
 
+#include "preprocess_avx512.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -22,6 +24,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -238,10 +241,29 @@ void vertical_base(const float* const* src, const float* w, int taps, int64_t S8
   vertical_row<false>(src, w, taps, S8, scale, shift, dst);
 }
 
+// The widest instruction set of this CPU, capped by VLMREWARD_PREPROCESS_ISA=avx2 or baseline if set (read
+// once; tests use it to run the narrower kernels on a wider CPU).
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+Isa isa() {
+  static const Isa v = [] {
+    const char* cap = std::getenv("VLMREWARD_PREPROCESS_ISA");
+    const std::string_view c = cap ? cap : "";
+    Isa best = Isa::kBaseline;
+#if defined(VLM_X86_DISPATCH)
+    if (__builtin_cpu_supports("x86-64-v3")) best = Isa::kAvx2;
+#endif
+    if (best == Isa::kAvx2 && avx512::available()) best = Isa::kAvx512;
+    if (c == "baseline") return Isa::kBaseline;
+    if (c == "avx2") return std::min(best, Isa::kAvx2);
+    return best;
+  }();
+  return v;
+}
+
 const Kernels& kernels() {
   static const Kernels k = [] {
 #if defined(VLM_X86_DISPATCH)
-    if (__builtin_cpu_supports("x86-64-v3"))
+    if (isa() >= Isa::kAvx2)
       return Kernels{horizontal_avx2, vertical_avx2};
 #endif
     return Kernels{horizontal_base, vertical_base};
@@ -433,6 +455,85 @@ void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
+// The AVX-512 kernel's column tables (preprocess_avx512.h): output columns by four, each group running its
+// largest tap count, weights zero past a column's own count and for columns without taps.
+struct ColumnGroups {
+  std::vector<int32_t> count, off;
+  std::vector<float> w;
+};
+ColumnGroups column_groups(const Plan& p, const ColumnSpan& cs) {
+  const int64_t S = p.g.size, G = (S + 3) / 4, taps = p.cols.taps;
+  ColumnGroups q;
+  q.count.assign(size_t(G), 0);
+  q.off.assign(size_t(4 * G), 0);
+  q.w.assign(size_t(4 * G * taps), 0.f);
+  for (int64_t j = 0; j < S; ++j) {
+    const int n = p.cols.count[j];
+    if (n == 0) continue;
+    const int64_t g = j / 4, l = j % 4;
+    q.count[g] = std::max(q.count[g], n);
+    q.off[4 * g + l] = static_cast<int32_t>(48 * (p.cols.start[j] - cs.x_lo));
+    for (int k = 0; k < n; ++k) q.w[size_t((g * taps + k) * 4 + l)] = p.cols.weights[size_t(j * taps + k)];
+  }
+  return q;
+}
+
+// The AVX-512 path, float32 output: frames resampled horizontally first, and frames not resampled at all.
+// Returns false where it does not apply (the generic kernels then run).
+bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, float* dst, int64_t bands,
+                int64_t band_rows, int64_t grain) {
+  if (isa() != Isa::kAvx512 || plan.g.vertical_first) return false;
+  const int64_t S = plan.g.size, B = plan.g.batch, H = plan.g.height, W = plan.g.width;
+  const bool identity = plan.g.gx.in_size == plan.g.gx.resized && plan.g.gy.in_size == plan.g.gy.resized;
+  if (identity) {
+    const int64_t x0 = cs.j_hi > cs.j_lo ? plan.cols.start[cs.j_lo] : 0;
+    at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / bands, r0 = (task % bands) * band_rows;
+        if (r0 >= S) continue;
+        avx512::identity_band(src + b * H * W * 3, W, S, plan.rows.start.data(), plan.rows.count.data(), x0, cs.j_lo,
+                              cs.j_hi, plan.g.scale.data(), plan.g.shift.data(), dst + b * 3 * S * S, r0,
+                              std::min(S, r0 + band_rows));
+      }
+    });
+    return true;
+  }
+  const ColumnGroups q = column_groups(plan, cs);
+  int max_taps = 1;
+  for (int64_t i = 0; i < S; ++i) max_taps = std::max(max_taps, plan.rows.count[i]);
+  avx512::HorizontalFirst a{};
+  a.width = W;
+  a.size = S;
+  a.row_start = plan.rows.start.data();
+  a.row_count = plan.rows.count.data();
+  a.row_weights = plan.rows.weights.data();
+  a.row_taps = plan.rows.taps;
+  a.x_lo = cs.x_lo;
+  a.nx = cs.nx;
+  a.j_lo = cs.j_lo;
+  a.j_hi = cs.j_hi;
+  a.gcount = q.count.data();
+  a.goff = q.off.data();
+  a.gw = q.w.data();
+  a.gtaps = plan.cols.taps;
+  a.scale = plan.g.scale.data();
+  a.shift = plan.g.shift.data();
+  const size_t scratch_bytes = avx512::horizontal_first_scratch(a, max_taps);
+  at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(scratch_bytes / sizeof(float) + 32);
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+    avx512::HorizontalFirst t = a;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, r0 = (task % bands) * band_rows;
+      if (r0 >= S) continue;
+      t.frame = src + b * H * W * 3;
+      t.out = dst + b * 3 * S * S;
+      avx512::horizontal_first_band(t, r0, std::min(S, r0 + band_rows), max_taps, aligned);
+    }
+  });
+  return true;
+}
+
 template <bool kPointwise>
 at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<double> mean, at::ArrayRef<double> std,
                std::string_view resize_mode, std::string_view interpolation, at::ScalarType dtype) {
@@ -458,6 +559,9 @@ at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<dou
       const int64_t band_rows = (S + bands - 1) / bands;
       // One task resamples ~S * S * 3 * taps values: below ~2 frames of 64 px, threads cost more than they save.
       const int64_t grain = S * S >= 8192 ? 1 : std::max<int64_t>(1, 16384 / (S * S));
+      if (std::is_same_v<scalar_t, float> &&
+          run_avx512(src, plan, cs, reinterpret_cast<float*>(dst), bands, band_rows, grain))
+        return;
       at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
         Scratch scratch;
         for (int64_t task = begin; task < end; ++task) {
