@@ -485,6 +485,7 @@ bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, floa
   if (isa() != Isa::kAvx512 || plan.g.vertical_first) return false;
   const int64_t S = plan.g.size, B = plan.g.batch, H = plan.g.height, W = plan.g.width;
   const bool identity = plan.g.gx.in_size == plan.g.gx.resized && plan.g.gy.in_size == plan.g.gy.resized;
+  const bool stream = B * 3 * S * S * int64_t(sizeof(float)) >= (int64_t(16) << 20);  // > half a CCD's L3
   if (identity) {
     const int64_t x0 = cs.j_hi > cs.j_lo ? plan.cols.start[cs.j_lo] : 0;
     at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
@@ -493,7 +494,7 @@ bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, floa
         if (r0 >= S) continue;
         avx512::identity_band(src + b * H * W * 3, W, S, plan.rows.start.data(), plan.rows.count.data(), x0, cs.j_lo,
                               cs.j_hi, plan.g.scale.data(), plan.g.shift.data(), dst + b * 3 * S * S, r0,
-                              std::min(S, r0 + band_rows));
+                              std::min(S, r0 + band_rows), stream);
       }
     });
     return true;
@@ -518,6 +519,7 @@ bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, floa
   a.gtaps = plan.cols.taps;
   a.scale = plan.g.scale.data();
   a.shift = plan.g.shift.data();
+  a.stream = stream;
   const size_t scratch_bytes = avx512::horizontal_first_scratch(a, max_taps);
   at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(scratch_bytes / sizeof(float) + 32);

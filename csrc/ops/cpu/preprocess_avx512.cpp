@@ -114,14 +114,19 @@ Layout layout(const HorizontalFirst& a, int max_taps) {
 }
 
 // Horizontal pass of 16 input rows (rows[r] at input column x_lo) into ring rows ring_rows[0..16).
-void horizontal16(const HorizontalFirst& a, const Layout& l, const uint8_t* const* rows, float* T, uint8_t* hb,
-                  float* ring_rows) {
+// `next` (or null): the 16 rows of the next call, prefetched into L2 while these are transposed (16 short
+// streams a call are more than the hardware prefetchers follow in time).
+void horizontal16(const HorizontalFirst& a, const Layout& l, const uint8_t* const* rows, const uint8_t* const* next,
+                  float* T, uint8_t* hb, float* ring_rows) {
   const int64_t K = 3 * a.nx;
   for (int64_t k0 = 0; k0 < K; k0 += 64) {
     const int64_t rem = K - k0;
     const __mmask64 m = rem >= 64 ? ~__mmask64(0) : (__mmask64(1) << rem) - 1;
     __m512i x[16];
     for (int r = 0; r < 16; ++r) x[r] = _mm512_maskz_loadu_epi8(m, rows[r] + k0);
+    if (next) {
+      for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + k0), _MM_HINT_T1);
+    }
     transpose_bytes(x);
     float* t = T + 16 * k0;
     for (int b = 0; b < 16; ++b)
@@ -187,7 +192,8 @@ void horizontal16(const HorizontalFirst& a, const Layout& l, const uint8_t* cons
 }
 
 // NV vectors of one output row and channel: dst[0 .. 16 NV) (clipped to S) from the ring rows src[t].
-template <int NV>
+// kStream: dst is 64-byte aligned and S a multiple of 16: non-temporal stores (no read for ownership).
+template <int NV, bool kStream>
 VLM_INLINE void vertical_block(const float* const* src, const float* w, int n, int64_t j, int64_t S, __m512 scale,
                                __m512 shift, float* dst) {
   __m512 acc[NV];
@@ -200,7 +206,21 @@ VLM_INLINE void vertical_block(const float* const* src, const float* w, int n, i
   for (int q = 0; q < NV; ++q) {
     const int64_t jq = j + 16 * q;
     if (jq >= S) break;
-    _mm512_mask_storeu_ps(dst + jq, lanes(S - jq), normalise(acc[q], scale, shift));
+    if constexpr (kStream) _mm512_stream_ps(dst + jq, normalise(acc[q], scale, shift));
+    else _mm512_mask_storeu_ps(dst + jq, lanes(S - jq), normalise(acc[q], scale, shift));
+  }
+}
+
+template <bool kStream>
+VLM_INLINE void vertical_row(const float* const* src, const float* w, int n, int64_t S, __m512 scale, __m512 shift,
+                             float* dst) {
+  int64_t j = 0;
+  for (; j + 64 <= S; j += 64) vertical_block<4, kStream>(src, w, n, j, S, scale, shift, dst);
+  switch ((S - j + 15) / 16) {
+    case 3: vertical_block<3, kStream>(src, w, n, j, S, scale, shift, dst); break;
+    case 2: vertical_block<2, kStream>(src, w, n, j, S, scale, shift, dst); break;
+    case 1: vertical_block<1, kStream>(src, w, n, j, S, scale, shift, dst); break;
+    default: break;
   }
 }
 
@@ -232,7 +252,8 @@ void horizontal_first_band(const HorizontalFirst& a, int64_t r0, int64_t r1, int
     ylo = min64(ylo, a.row_start[i]);
     yhi = max64(yhi, int64_t(a.row_start[i]) + a.row_count[i]);
   }
-  const uint8_t* rows[16];
+  const uint8_t* rows[32];  // this call's 16 rows, then the next call's
+  const bool stream = a.stream && S % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 64 == 0;
   int64_t produced = ylo;  // next input row to resample horizontally
   for (int64_t i = r0; i < r1; ++i) {
     const int n = a.row_count[i];
@@ -242,33 +263,30 @@ void horizontal_first_band(const HorizontalFirst& a, int64_t r0, int64_t r1, int
       continue;
     }
     for (; produced < y0 + n; produced += 16) {
-      for (int r = 0; r < 16; ++r)  // rows past the band repeat its last row (their results are never read)
+      for (int r = 0; r < 32; ++r)  // rows past the band repeat its last row (their results are never read)
         rows[r] = a.frame + (min64(produced + r, yhi - 1) * W + a.x_lo) * 3;
-      horizontal16(a, l, rows, T, hb, ring + (produced - ylo) % l.R * row_floats);
+      horizontal16(a, l, rows, produced + 16 < yhi ? rows + 16 : nullptr, T, hb,
+                   ring + (produced - ylo) % l.R * row_floats);
     }
     const float* w = a.row_weights + i * int64_t(a.row_taps);
     for (int c = 0; c < 3; ++c) {
       float* dst = a.out + (c * S + i) * S;
       for (int t = 0; t < n; ++t) src[t] = ring + ((y0 + t - ylo) % l.R) * row_floats + c * l.S64;
       const __m512 scale = _mm512_set1_ps(a.scale[c]), shift = _mm512_set1_ps(a.shift[c]);
-      int64_t j = 0;
-      for (; j + 64 <= S; j += 64) vertical_block<4>(src, w, n, j, S, scale, shift, dst);
-      switch ((S - j + 15) / 16) {
-        case 3: vertical_block<3>(src, w, n, j, S, scale, shift, dst); break;
-        case 2: vertical_block<2>(src, w, n, j, S, scale, shift, dst); break;
-        case 1: vertical_block<1>(src, w, n, j, S, scale, shift, dst); break;
-        default: break;
-      }
+      if (stream) vertical_row<true>(src, w, n, S, scale, shift, dst);
+      else vertical_row<false>(src, w, n, S, scale, shift, dst);
       fill_row(dst, 0, a.j_lo, a.shift[c]);
       fill_row(dst, a.j_hi, S, a.shift[c]);
     }
   }
+  if (stream) _mm_sfence();  // order the non-temporal stores before whatever reads the output
 }
 
 void identity_band(const uint8_t* frame, int64_t width, int64_t size, const int32_t* row_start,
                    const int32_t* row_count, int64_t x0, int64_t j_lo, int64_t j_hi, const float* scale,
-                   const float* shift, float* out, int64_t r0, int64_t r1) {
+                   const float* shift, float* out, int64_t r0, int64_t r1, bool stream) {
   const int64_t S = size;
+  stream = stream && j_lo == 0 && j_hi == S && S % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   // Lane l of channel c is byte 3l + c of 16 pixels: from the first two 16-float quarters, then the third.
   alignas(64) int32_t first[3][16], second[3][16];
   for (int c = 0; c < 3; ++c) {
@@ -303,7 +321,9 @@ void identity_band(const uint8_t* frame, int64_t width, int64_t size, const int3
       for (int c = 0; c < 3; ++c) {
         // one tap of weight 1 on each axis: 0 + 1 * p = p, clip_round(p) = p, then normalise_pixel()
         const __m512 p = _mm512_permutex2var_ps(_mm512_permutex2var_ps(f0, i1[c], f1), i2[c], f2);
-        _mm512_mask_storeu_ps(dst[c] + j, lanes(m), _mm512_add_ps(_mm512_mul_ps(p, sc[c]), sh[c]));
+        const __m512 v = _mm512_add_ps(_mm512_mul_ps(p, sc[c]), sh[c]);
+        if (stream) _mm512_stream_ps(dst[c] + j, v);
+        else _mm512_mask_storeu_ps(dst[c] + j, lanes(m), v);
       }
     }
     for (int c = 0; c < 3; ++c) {
@@ -311,6 +331,7 @@ void identity_band(const uint8_t* frame, int64_t width, int64_t size, const int3
       fill_row(dst[c], j_hi, S, shift[c]);
     }
   }
+  if (stream) _mm_sfence();
 }
 
 #else  // not built for AVX-512: never called
@@ -319,7 +340,7 @@ bool available() { return false; }
 size_t horizontal_first_scratch(const HorizontalFirst&, int) { return 0; }
 void horizontal_first_band(const HorizontalFirst&, int64_t, int64_t, int, void*) {}
 void identity_band(const uint8_t*, int64_t, int64_t, const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
-                   const float*, const float*, float*, int64_t, int64_t) {}
+                   const float*, const float*, float*, int64_t, int64_t, bool) {}
 
 #endif
 

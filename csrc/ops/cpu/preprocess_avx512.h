@@ -34,6 +34,7 @@ struct HorizontalFirst {
   const float* scale;  // 3 each: value = clip_round(acc) * scale + shift; padding = shift
   const float* shift;
   float* out;  // (3, S, S) of this frame
+  bool stream;  // a large output: non-temporal stores where rows are 64-byte aligned (it leaves the caches)
 };
 
 // Bytes of scratch one band needs (64-byte aligned), for a band whose rows read at most max_taps input rows.
@@ -42,10 +43,10 @@ size_t horizontal_first_scratch(const HorizontalFirst& a, int max_taps);
 void horizontal_first_band(const HorizontalFirst& a, int64_t r0, int64_t r1, int max_taps, void* scratch);
 
 // Both axes unresampled (in_size == resized: one tap of weight 1): out = pixel * scale + shift, padding = shift.
-// Rows [r0, r1) of one frame; x0 = the input column of output column j_lo.
+// Rows [r0, r1) of one frame; x0 = the input column of output column j_lo; stream as HorizontalFirst's.
 void identity_band(const uint8_t* frame, int64_t width, int64_t size, const int32_t* row_start,
                    const int32_t* row_count, int64_t x0, int64_t j_lo, int64_t j_hi, const float* scale,
-                   const float* shift, float* out, int64_t r0, int64_t r1);
+                   const float* shift, float* out, int64_t r0, int64_t r1, bool stream);
 
 }  // namespace avx512
 }  // namespace vlmreward
