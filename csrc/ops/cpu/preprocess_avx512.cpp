@@ -8,11 +8,13 @@
 //     instruction, by the unpack ladder) and widened to floats: T holds, for every input byte (pixel and
 //     channel), one 16-float vector of that byte in the 16 rows;
 //  2. output columns in groups of four, all running the group's largest tap count (zero weights past a
-//     column's own): 12 accumulators of 16 rows, each tap one broadcast weight times one vector of T;
+//     column's own): 12 accumulators of 16 rows, each tap one broadcast weight times one vector of T. A group
+//     runs as soon as the bytes it reads are transposed (64 bytes of each row at a time), so T is read back
+//     from L1; the next 16 rows are prefetched into L2 meanwhile;
 //  3. the sums are clip-rounded to Pillow's uint8 (unsigned-saturating narrow), transposed back by the same
 //     byte ladder into rows, widened and stored in a ring of float rows ([channel][column]);
 //  4. the vertical pass of each output row runs over the ring rows it reads, 16 columns a vector, and
-//     normalises into the output row.
+//     normalises into the output row (non-temporal stores for large outputs).
 // Only the C headers and <immintrin.h> are included: nothing compiled here with AVX-512 can be shared with
 // code that runs without it (preprocess_avx512.h).
 #include "preprocess_avx512.h"
@@ -118,23 +120,12 @@ Layout layout(const HorizontalFirst& a, int max_taps) {
 // streams a call are more than the hardware prefetchers follow in time).
 void horizontal16(const HorizontalFirst& a, const Layout& l, const uint8_t* const* rows, const uint8_t* const* next,
                   float* T, uint8_t* hb, float* ring_rows) {
-  const int64_t K = 3 * a.nx;
-  for (int64_t k0 = 0; k0 < K; k0 += 64) {
-    const int64_t rem = K - k0;
-    const __mmask64 m = rem >= 64 ? ~__mmask64(0) : (__mmask64(1) << rem) - 1;
-    __m512i x[16];
-    for (int r = 0; r < 16; ++r) x[r] = _mm512_maskz_loadu_epi8(m, rows[r] + k0);
-    if (next) {
-      for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + k0), _MM_HINT_T1);
-    }
-    transpose_bytes(x);
-    float* t = T + 16 * k0;
-    for (int b = 0; b < 16; ++b)
-      widen_store(x[b], t + 16 * b, t + 16 * (16 + b), t + 16 * (32 + b), t + 16 * (48 + b));
-  }
-  const int64_t NB = l.S64 / 64;
+  const int64_t K = 3 * a.nx, NB = l.S64 / 64;
   const int64_t g_lo = a.j_lo / 4, g_hi = (a.j_hi + 3) / 4;
-  for (int64_t g = g_lo; g < g_hi; ++g) {
+  int64_t g = g_lo;
+  // Each group's taps are resampled as soon as the bytes they read are transposed, while T's last chunks
+  // are still in L1 (starts never go back).
+  auto mac = [&](int64_t g) __attribute__((always_inline)) {  // the taps of group g, into hb
     const int n = a.gcount[g];
     const int32_t* off = a.goff + 4 * g;
     const float* w = a.gw + g * int64_t(a.gtaps) * 4;
@@ -175,7 +166,28 @@ void horizontal16(const HorizontalFirst& a, const Layout& l, const uint8_t* cons
       for (int c = 0; c < 3; ++c)
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c * NB * 1024), clip_round_bytes(acc[li][c]));
     }
+  };
+  auto ready = [&](int64_t g, int64_t bytes) {  // group g reads only T entries below `bytes`
+    const int32_t* off = a.goff + 4 * g;
+    int32_t hi = off[0];
+    for (int li = 1; li < 4; ++li) hi = off[li] > hi ? off[li] : hi;
+    return 3 * (int64_t(hi) / 48 + a.gcount[g]) <= bytes;
+  };
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {
+    const int64_t rem = K - k0;
+    const __mmask64 m = rem >= 64 ? ~__mmask64(0) : (__mmask64(1) << rem) - 1;
+    __m512i x[16];
+    for (int r = 0; r < 16; ++r) x[r] = _mm512_maskz_loadu_epi8(m, rows[r] + k0);
+    if (next) {
+      for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + k0), _MM_HINT_T1);
+    }
+    transpose_bytes(x);
+    float* t = T + 16 * k0;
+    for (int b = 0; b < 16; ++b)
+      widen_store(x[b], t + 16 * b, t + 16 * (16 + b), t + 16 * (32 + b), t + 16 * (48 + b));
+    for (; g < g_hi && ready(g, k0 + 64); ++g) mac(g);
   }
+  for (; g < g_hi; ++g) mac(g);  // taps past the last column read T's zero tail
   const int64_t row_floats = 3 * l.S64;
   for (int c = 0; c < 3; ++c) {
     for (int64_t blk = 0; blk < NB; ++blk) {
