@@ -284,7 +284,7 @@ struct Plan {
 
 // plan_axis() with a small per-thread cache: the taps (~10k double operations for 224 outputs of a 1.8x
 // downscale) cost as much as a frame's resampling at B=1, and a reward loop calls with one geometry.
-const AxisPlan& cached_axis_plan(int interpolation, const AxisGeometry& g, int64_t canvas) {
+AxisPlan cached_axis_plan(int interpolation, const AxisGeometry& g, int64_t canvas) {
   struct Entry {
     int interpolation = -1, in_size = 0, taps = 0;
     int64_t resized = 0, offset = 0, canvas = 0;
@@ -292,16 +292,17 @@ const AxisPlan& cached_axis_plan(int interpolation, const AxisGeometry& g, int64
   };
   thread_local Entry cache[4];
   thread_local int next = 0;
-  for (Entry& e : cache) {
+  for (const Entry& e : cache) {
     if (e.interpolation == interpolation && e.in_size == g.in_size && e.taps == g.taps && e.resized == g.resized &&
         e.offset == g.offset && e.canvas == canvas)
       return e.plan;
   }
-  Entry& e = cache[next];
-  next = (next + 1) % 4;
-  e.interpolation = -1;  // invalid until filled (plan_axis may throw on allocation)
-  e.plan = plan_axis(interpolation, g, canvas);
-  if (e.plan.weights.size() <= (size_t(1) << 18)) {  // keep at most 1 MiB of weights an entry
+  AxisPlan plan = plan_axis(interpolation, g, canvas);
+  if (plan.weights.size() <= (size_t(1) << 18)) {  // cache at most 1 MiB of weights an entry
+    Entry& e = cache[next];
+    next = (next + 1) % 4;
+    e.interpolation = -1;  // invalid while the copy below may throw
+    e.plan = plan;
     e.interpolation = interpolation;
     e.in_size = g.in_size;
     e.taps = g.taps;
@@ -309,7 +310,7 @@ const AxisPlan& cached_axis_plan(int interpolation, const AxisGeometry& g, int64
     e.offset = g.offset;
     e.canvas = canvas;
   }
-  return e.plan;
+  return plan;
 }
 
 // Input columns [x_lo, x_lo + nx) any output column reads, and the valid (non-padded) output columns
@@ -564,6 +565,7 @@ bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, floa
       t.out = dst + b * 3 * S * S;
       avx512::horizontal_first_band(t, r0, std::min(S, r0 + band_rows), max_taps, aligned);
     }
+    if (scratch.size() > (size_t(16) << 20) / sizeof(float)) std::vector<float>().swap(scratch);  // keep <= 16 MB
   });
   return true;
 }
