@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -530,6 +531,9 @@ bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, floa
     });
     return true;
   }
+  // T offsets are 32-bit (48 floats an input pixel): wider spans (a squash of a > 44M-pixel-wide frame) take
+  // the generic kernels.
+  if (cs.nx + plan.cols.taps > std::numeric_limits<int32_t>::max() / 48) return false;
   const ColumnGroups q = column_groups(plan, cs);
   int max_taps = 1;
   for (int64_t i = 0; i < S; ++i) max_taps = std::max(max_taps, plan.rows.count[i]);
