@@ -285,3 +285,18 @@ def test_narrower_instruction_sets_give_the_same_bytes(isa):
     env = dict(os.environ, VLMREWARD_PREPROCESS_ISA=isa)
     done = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_one_thread_bands_equal_pointwise():
+    # One thread runs one band per frame, more threads split frames into bands: the same bytes either way.
+    rng = np.random.default_rng(11)
+    frames = rng.integers(0, 256, (3, 400, 600, 3), dtype=np.uint8)
+    ref = _pointwise(frames, 224, "shortest", "bicubic")
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(vlmreward.preprocess(frames, mean=(0, 0, 0), std=(1, 1, 1)), ref), n
+            assert torch.equal(vlmreward.preprocess(frames[:1], mean=(0, 0, 0), std=(1, 1, 1)), ref[:1]), n
+    finally:
+        torch.set_num_threads(threads)

@@ -595,7 +595,9 @@ at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<dou
       const ColumnSpan cs = column_span(plan);
       // Bands per frame: enough tasks for every thread, but bands of >= 16 rows (band edges redo work).
       const int64_t threads = at::get_num_threads();
-      const int64_t bands = std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
+      // One thread: one band per frame (a band edge redoes up to 16 + taps input rows of the horizontal pass).
+      const int64_t bands =
+          threads <= 1 ? 1 : std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
       const int64_t band_rows = (S + bands - 1) / bands;
       // One task resamples ~S * S * 3 * taps values: below ~2 frames of 64 px, threads cost more than they save.
       const int64_t grain = S * S >= 8192 ? 1 : std::max<int64_t>(1, 16384 / (S * S));
