@@ -235,3 +235,17 @@ def test_fake_kernel_checks_like_the_real_one():
             torch.ops.vlmreward.preprocess(good, 16, [0.5] * 3, [0.25] * 3, "shortest", "bicubic", torch.int32)
         assert torch.ops.vlmreward.preprocess(good, 16, [0.5] * 3, [0.25] * 3, "shortest", "bicubic",
                                               torch.float16).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_every_output_size_matches_the_pointwise_path(interpolation):
+    """The fast kernel against the CUDA arithmetic's CPU emulation over a sweep of output sizes (a fast path
+    once returned garbage for 52, 56, 60 and 116 px from 224 px frames, sizes no fixed-size test used; the
+    policy network downsamples to 56)."""
+    frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))
+    for size in range(24, 124, 4):
+        fast = vlmreward.preprocess(frames, image_size=size, mean=(0, 0, 0), std=(1, 1, 1), resize_mode="squash",
+                                    interpolation=interpolation)
+        ref = torch.ops.vlmreward._preprocess_pointwise(frames, size, [0.0] * 3, [1.0] * 3, "squash", interpolation,
+                                                        torch.float32)
+        assert ((fast - ref).abs() * 255).max() <= 1.0 + 1e-3, size
