@@ -33,7 +33,7 @@ from vlmreward.config import option, require
 from vlmreward.reward import MODES
 from vlmreward.rl.agent import Agent
 from vlmreward.rl.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, save_checkpoint
-from vlmreward.rl.runlog import RunLogger, plot_learning_curves
+from vlmreward.rl.runlog import RunLogger, log_episodes, log_update, plot_learning_curves
 from vlmreward.rl.task import Task, achieved_goals, evaluate_agent, make_envs, split_observation
 
 REWARDS = ("vlm", "gt")
@@ -318,30 +318,6 @@ def _progress_bar(args: Args, rank: int, total: int, done: int):
     return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, desc=args.env_id)
 
 
-def _log_episodes(logger: RunLogger, infos: dict, step: int, recent: dict, *, vlm: bool) -> None:
-    """CleanRL's episode charts from ``EpisodeStatistics`` (``info["episode"]``), plus the ground truth."""
-    tags = (("episodic_return", "r"), ("episodic_length", "l"), ("gt_return", "gt_r"), ("gt_success", "gt_success"))
-    for i in np.flatnonzero(infos.get("_episode", ())):
-        episode = {k: float(v[i]) for k, v in infos["episode"].items()}
-        for tag, key in tags + ((("vlm_return", "vlm_r"),) if vlm else ()):
-            logger.log(f"charts/{tag}", episode[key], step)
-        recent["gt_success"].append(episode["gt_success"])
-        recent["return"].append(episode["r"])
-
-
-def _log_update(logger: RunLogger, step: int, optimizer, stats: dict, clipfracs: list, b: dict, sps: float) -> None:
-    """CleanRL's losses/* and perf/* scalars of one iteration (losses of its last minibatch)."""
-    y_pred, y_true = b["values"].cpu().numpy(), b["returns"].cpu().numpy()
-    var_y = np.var(y_true)
-    logger.log("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
-    for key in ("value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl", "hindsight_bc"):
-        if key in stats:
-            logger.log(f"losses/{key}", float(stats[key]), step)
-    logger.log("losses/clipfrac", float(np.mean(clipfracs)), step)
-    logger.log("losses/explained_variance", np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y, step)
-    logger.log("perf/steps_per_second", sps, step)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------------------
@@ -430,7 +406,7 @@ def train(args: Args) -> dict:
                 prob_max = max(prob_max, float(np.max(np.where(live, infos["vlm_prob"], 0.0))))
             raw, goal_ids = split_observation(task, obs, infos, B)
             next_x, next_goal, next_done = agent.prepare(raw), goal_ids.to(device), torch.as_tensor(done, device=device)
-            _log_episodes(logger, infos, global_step, recent, vlm=task.reward_model is not None)
+            log_episodes(logger, infos, global_step, recent, vlm=task.reward_model is not None)
         if check_fires and iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1 and rank == 0:
             _warn_if_never_fired(fired, prob_max, args, FIRE_CHECK_ROLLOUTS * batch_size)
 
@@ -467,7 +443,7 @@ def train(args: Args) -> dict:
 
         # ---- logging, evaluation, checkpoint ----
         sps = (global_step - steps0) / max(time.time() - t0, 1e-9)
-        _log_update(logger, global_step, optimizer, stats, clipfracs, b, sps)
+        log_update(logger, global_step, optimizer, stats, clipfracs, b, sps)
         last = iteration == num_iterations
         if rank == 0 and ((args.eval_interval and iteration % args.eval_interval == 0) or last):
             last_eval = run_eval(iteration)

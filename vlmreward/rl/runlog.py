@@ -63,6 +63,30 @@ class RunLogger:
             self.file.close()
 
 
+def log_episodes(logger: RunLogger, infos: dict, step: int, recent: dict, *, vlm: bool) -> None:
+    """CleanRL's episode charts from ``EpisodeStatistics`` (``info["episode"]``), plus the ground truth."""
+    tags = (("episodic_return", "r"), ("episodic_length", "l"), ("gt_return", "gt_r"), ("gt_success", "gt_success"))
+    for i in np.flatnonzero(infos.get("_episode", ())):
+        episode = {k: float(v[i]) for k, v in infos["episode"].items()}
+        for tag, key in tags + ((("vlm_return", "vlm_r"),) if vlm else ()):
+            logger.log(f"charts/{tag}", episode[key], step)
+        recent["gt_success"].append(episode["gt_success"])
+        recent["return"].append(episode["r"])
+
+
+def log_update(logger: RunLogger, step: int, optimizer, stats: dict, clipfracs: list, b: dict, sps: float) -> None:
+    """CleanRL's losses/* and perf/* scalars of one iteration (losses of its last minibatch)."""
+    y_pred, y_true = b["values"].cpu().numpy(), b["returns"].cpu().numpy()
+    var_y = np.var(y_true)
+    logger.log("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
+    for key in ("value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl", "hindsight_bc"):
+        if key in stats:
+            logger.log(f"losses/{key}", float(stats[key]), step)
+    logger.log("losses/clipfrac", float(np.mean(clipfracs)), step)
+    logger.log("losses/explained_variance", np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y, step)
+    logger.log("perf/steps_per_second", sps, step)
+
+
 def read_rows(csv_path) -> list[tuple[int, str, float]]:
     """(step, tag, value) rows of a metrics.csv; the header and lines torn by a kill are skipped."""
     rows = []
