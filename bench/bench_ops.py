@@ -10,6 +10,7 @@ reward_head (B frames, K texts, each text a goal whose negatives are the K-1 oth
   ours        vlmreward.reward_head (all goals (B,K), and per-frame goal_ids (B,)), every mode
   torch       the plain composition: normalize, matmul, gather each goal's set, softmax, select, compare
 
+VLMREWARD_PREPROCESS_ISA=avx2 (or baseline) times the kernels CPUs without AVX-512 run (read at import).
 BENCH_THREADS (default 2) sets torch's threads; BENCH_DEVICE=cuda runs ours, tv2, interp and torch on the GPU
 (synchronised around each call; PIL and copy stay CPU-only and are skipped there).
 """

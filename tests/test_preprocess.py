@@ -249,3 +249,68 @@ def test_every_output_size_matches_the_pointwise_path(interpolation):
         ref = torch.ops.vlmreward._preprocess_pointwise(frames, size, [0.0] * 3, [1.0] * 3, "squash", interpolation,
                                                         torch.float32)
         assert ((fast - ref).abs() * 255).max() <= 1.0 + 1e-3, size
+
+
+def _pointwise(frames, size, resize_mode, interpolation, dtype=torch.float32, mean=(0.0,) * 3, std=(1.0,) * 3):
+    return torch.ops.vlmreward._preprocess_pointwise(torch.from_numpy(np.ascontiguousarray(frames)), size,
+                                                     list(mean), list(std), resize_mode, interpolation, dtype)
+
+
+# Frames and sizes past the fuzz tests' (<= 70 px, <= 48 out): several 64-column blocks and tails, rings that
+# wrap many times, bands of several rows per frame, no resampling at all (with and without padding).
+LARGE_CASES = [((400, 600), 224, "shortest"), ((400, 600), 300, "squash"), ((97, 131), 224, "shortest"),
+               ((224, 224), 224, "shortest"), ((150, 224), 224, "longest"), ((224, 150), 224, "longest"),
+               ((300, 200), 96, "longest"), ((480, 640), 336, "shortest"), ((1000, 50), 84, "squash"),
+               ((64, 64), 224, "shortest"), ((37, 1001), 17, "squash")]
+
+
+@pytest.mark.parametrize("shape, size, resize_mode", LARGE_CASES)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_fast_path_equals_pointwise_on_large_frames(shape, size, resize_mode, interpolation):
+    rng = np.random.default_rng(size + shape[0])
+    frames = rng.integers(0, 256, (2, *shape, 3), dtype=np.uint8)
+    mean, std = vlmreward.OPENAI_CLIP_MEAN, vlmreward.OPENAI_CLIP_STD
+    for dtype in (torch.float32, torch.bfloat16):
+        out = vlmreward.preprocess(frames, image_size=size, resize_mode=resize_mode, interpolation=interpolation,
+                                   mean=mean, std=std, dtype=dtype)
+        assert torch.equal(out, _pointwise(frames, size, resize_mode, interpolation, dtype, mean, std)), dtype
+
+
+_ISA_SCRIPT = """
+import sys, numpy as np, torch, vlmreward
+rng = np.random.default_rng(7)
+for shape, size, mode in [((400, 600), 224, "shortest"), ((97, 131), 224, "squash"), ((224, 224), 224, "shortest"),
+                          ((50, 1000), 40, "longest")]:
+    f = rng.integers(0, 256, (2, *shape, 3), dtype=np.uint8)
+    out = vlmreward.preprocess(f, image_size=size, resize_mode=mode)
+    ref = torch.ops.vlmreward._preprocess_pointwise(torch.from_numpy(f), size, list(vlmreward.OPENAI_CLIP_MEAN),
+                                                    list(vlmreward.OPENAI_CLIP_STD), mode, "bicubic", torch.float32)
+    assert torch.equal(out, ref), (shape, size, mode)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_instruction_sets_give_the_same_bytes(isa):
+    # VLMREWARD_PREPROCESS_ISA caps the kernels picked at load time: the AVX2 and baseline kernels (what CPUs
+    # without AVX-512 run) must give the pointwise path's bytes too.
+    import subprocess
+    import sys
+    env = dict(os.environ, VLMREWARD_PREPROCESS_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_one_thread_bands_equal_pointwise():
+    # One thread runs one band per frame, more threads split frames into bands: the same bytes either way.
+    rng = np.random.default_rng(11)
+    frames = rng.integers(0, 256, (3, 400, 600, 3), dtype=np.uint8)
+    ref = _pointwise(frames, 224, "shortest", "bicubic")
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(vlmreward.preprocess(frames, mean=(0, 0, 0), std=(1, 1, 1)), ref), n
+            assert torch.equal(vlmreward.preprocess(frames[:1], mean=(0, 0, 0), std=(1, 1, 1)), ref[:1]), n
+    finally:
+        torch.set_num_threads(threads)

@@ -15,6 +15,8 @@
 // loops; 4 floats (SSE, NEON) in the baseline build, which is also what other architectures compile.
 #include "../preprocess.h"
 
+#include "preprocess_avx512.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -22,7 +24,9 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -238,10 +242,29 @@ void vertical_base(const float* const* src, const float* w, int taps, int64_t S8
   vertical_row<false>(src, w, taps, S8, scale, shift, dst);
 }
 
+// The widest instruction set of this CPU, capped by VLMREWARD_PREPROCESS_ISA=avx2 or baseline if set (read
+// once; tests use it to run the narrower kernels on a wider CPU).
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+Isa isa() {
+  static const Isa v = [] {
+    const char* cap = std::getenv("VLMREWARD_PREPROCESS_ISA");
+    const std::string_view c = cap ? cap : "";
+    Isa best = Isa::kBaseline;
+#if defined(VLM_X86_DISPATCH)
+    if (__builtin_cpu_supports("x86-64-v3")) best = Isa::kAvx2;
+#endif
+    if (best == Isa::kAvx2 && avx512::available()) best = Isa::kAvx512;
+    if (c == "baseline") return Isa::kBaseline;
+    if (c == "avx2") return std::min(best, Isa::kAvx2);
+    return best;
+  }();
+  return v;
+}
+
 const Kernels& kernels() {
   static const Kernels k = [] {
 #if defined(VLM_X86_DISPATCH)
-    if (__builtin_cpu_supports("x86-64-v3"))
+    if (isa() >= Isa::kAvx2)
       return Kernels{horizontal_avx2, vertical_avx2};
 #endif
     return Kernels{horizontal_base, vertical_base};
@@ -259,6 +282,37 @@ struct Plan {
   PreprocessGeometry g;
   AxisPlan rows, cols;
 };
+
+// plan_axis() with a small per-thread cache: the taps (~10k double operations for 224 outputs of a 1.8x
+// downscale) cost as much as a frame's resampling at B=1, and a reward loop calls with one geometry.
+AxisPlan cached_axis_plan(int interpolation, const AxisGeometry& g, int64_t canvas) {
+  struct Entry {
+    int interpolation = -1, in_size = 0, taps = 0;
+    int64_t resized = 0, offset = 0, canvas = 0;
+    AxisPlan plan;
+  };
+  thread_local Entry cache[4];
+  thread_local int next = 0;
+  for (const Entry& e : cache) {
+    if (e.interpolation == interpolation && e.in_size == g.in_size && e.taps == g.taps && e.resized == g.resized &&
+        e.offset == g.offset && e.canvas == canvas)
+      return e.plan;
+  }
+  AxisPlan plan = plan_axis(interpolation, g, canvas);
+  if (plan.weights.size() <= (size_t(1) << 18)) {  // cache at most 1 MiB of weights an entry
+    Entry& e = cache[next];
+    next = (next + 1) % 4;
+    e.interpolation = -1;  // invalid while the copy below may throw
+    e.plan = plan;
+    e.interpolation = interpolation;
+    e.in_size = g.in_size;
+    e.taps = g.taps;
+    e.resized = g.resized;
+    e.offset = g.offset;
+    e.canvas = canvas;
+  }
+  return plan;
+}
 
 // Input columns [x_lo, x_lo + nx) any output column reads, and the valid (non-padded) output columns
 // [j_lo, j_hi): one contiguous run.
@@ -433,14 +487,101 @@ void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
+// The AVX-512 kernel's column tables (preprocess_avx512.h): output columns by four, each group running its
+// largest tap count, weights zero past a column's own count and for columns without taps.
+struct ColumnGroups {
+  std::vector<int32_t> count, off;
+  std::vector<float> w;
+};
+ColumnGroups column_groups(const Plan& p, const ColumnSpan& cs) {
+  const int64_t S = p.g.size, G = (S + 3) / 4, taps = p.cols.taps;
+  ColumnGroups q;
+  q.count.assign(size_t(G), 0);
+  q.off.assign(size_t(4 * G), 0);
+  q.w.assign(size_t(4 * G * taps), 0.f);
+  for (int64_t j = 0; j < S; ++j) {
+    const int n = p.cols.count[j];
+    if (n == 0) continue;
+    const int64_t g = j / 4, l = j % 4;
+    q.count[g] = std::max(q.count[g], n);
+    q.off[4 * g + l] = static_cast<int32_t>(48 * (p.cols.start[j] - cs.x_lo));
+    for (int k = 0; k < n; ++k) q.w[size_t((g * taps + k) * 4 + l)] = p.cols.weights[size_t(j * taps + k)];
+  }
+  return q;
+}
+
+// The AVX-512 path, float32 output: frames resampled horizontally first, and frames not resampled at all.
+// Returns false where it does not apply (the generic kernels then run).
+bool run_avx512(const uint8_t* src, const Plan& plan, const ColumnSpan& cs, float* dst, int64_t bands,
+                int64_t band_rows, int64_t grain) {
+  if (isa() != Isa::kAvx512 || plan.g.vertical_first) return false;
+  const int64_t S = plan.g.size, B = plan.g.batch, H = plan.g.height, W = plan.g.width;
+  const bool identity = plan.g.gx.in_size == plan.g.gx.resized && plan.g.gy.in_size == plan.g.gy.resized;
+  const bool stream = B * 3 * S * S * int64_t(sizeof(float)) >= (int64_t(16) << 20);  // > half a CCD's L3
+  if (identity) {
+    const int64_t x0 = cs.j_hi > cs.j_lo ? plan.cols.start[cs.j_lo] : 0;
+    at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / bands, r0 = (task % bands) * band_rows;
+        if (r0 >= S) continue;
+        avx512::identity_band(src + b * H * W * 3, W, S, plan.rows.start.data(), plan.rows.count.data(), x0, cs.j_lo,
+                              cs.j_hi, plan.g.scale.data(), plan.g.shift.data(), dst + b * 3 * S * S, r0,
+                              std::min(S, r0 + band_rows), stream);
+      }
+    });
+    return true;
+  }
+  // T offsets are 32-bit (48 floats an input pixel): wider spans (a squash of a > 44M-pixel-wide frame) take
+  // the generic kernels.
+  if (cs.nx + plan.cols.taps > std::numeric_limits<int32_t>::max() / 48) return false;
+  const ColumnGroups q = column_groups(plan, cs);
+  int max_taps = 1;
+  for (int64_t i = 0; i < S; ++i) max_taps = std::max(max_taps, plan.rows.count[i]);
+  avx512::HorizontalFirst a{};
+  a.width = W;
+  a.size = S;
+  a.row_start = plan.rows.start.data();
+  a.row_count = plan.rows.count.data();
+  a.row_weights = plan.rows.weights.data();
+  a.row_taps = plan.rows.taps;
+  a.x_lo = cs.x_lo;
+  a.nx = cs.nx;
+  a.j_lo = cs.j_lo;
+  a.j_hi = cs.j_hi;
+  a.gcount = q.count.data();
+  a.goff = q.off.data();
+  a.gw = q.w.data();
+  a.gtaps = plan.cols.taps;
+  a.scale = plan.g.scale.data();
+  a.shift = plan.g.shift.data();
+  a.stream = stream;
+  const size_t scratch_bytes = avx512::horizontal_first_scratch(a, max_taps);
+  at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
+    // Per-thread scratch, kept between calls (a fresh ~200 KB buffer a call is mapped and faulted in again).
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < scratch_bytes / sizeof(float) + 32) scratch.resize(scratch_bytes / sizeof(float) + 32);
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+    avx512::HorizontalFirst t = a;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, r0 = (task % bands) * band_rows;
+      if (r0 >= S) continue;
+      t.frame = src + b * H * W * 3;
+      t.out = dst + b * 3 * S * S;
+      avx512::horizontal_first_band(t, r0, std::min(S, r0 + band_rows), max_taps, aligned);
+    }
+    if (scratch.size() > (size_t(16) << 20) / sizeof(float)) std::vector<float>().swap(scratch);  // keep <= 16 MB
+  });
+  return true;
+}
+
 template <bool kPointwise>
 at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<double> mean, at::ArrayRef<double> std,
                std::string_view resize_mode, std::string_view interpolation, at::ScalarType dtype) {
   TORCH_CHECK_VALUE(frames_in.device().is_cpu(), "preprocess: the CPU kernel got frames on ", frames_in.device());
   Plan plan;
   plan.g = check_preprocess(frames_in, image_size, mean, std, resize_mode, interpolation, dtype);
-  plan.rows = plan_axis(plan.g.interpolation, plan.g.gy, plan.g.size);
-  plan.cols = plan_axis(plan.g.interpolation, plan.g.gx, plan.g.size);
+  plan.rows = cached_axis_plan(plan.g.interpolation, plan.g.gy, plan.g.size);
+  plan.cols = cached_axis_plan(plan.g.interpolation, plan.g.gx, plan.g.size);
   const at::Tensor frames = frames_in.contiguous();  // documented: non-contiguous frames are copied once
   at::Tensor out = at::empty({plan.g.batch, 3, plan.g.size, plan.g.size}, frames.options().dtype(dtype));
   if constexpr (!kPointwise) advise_huge_pages(out.data_ptr(), out.nbytes());
@@ -454,10 +595,15 @@ at::Tensor run(const at::Tensor& frames_in, int64_t image_size, at::ArrayRef<dou
       const ColumnSpan cs = column_span(plan);
       // Bands per frame: enough tasks for every thread, but bands of >= 16 rows (band edges redo work).
       const int64_t threads = at::get_num_threads();
-      const int64_t bands = std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
+      // One thread: one band per frame (a band edge redoes up to 16 + taps input rows of the horizontal pass).
+      const int64_t bands =
+          threads <= 1 ? 1 : std::clamp<int64_t>((2 * threads + B - 1) / B, 1, std::max<int64_t>(1, S / 16));
       const int64_t band_rows = (S + bands - 1) / bands;
       // One task resamples ~S * S * 3 * taps values: below ~2 frames of 64 px, threads cost more than they save.
       const int64_t grain = S * S >= 8192 ? 1 : std::max<int64_t>(1, 16384 / (S * S));
+      if (std::is_same_v<scalar_t, float> &&
+          run_avx512(src, plan, cs, reinterpret_cast<float*>(dst), bands, band_rows, grain))
+        return;
       at::parallel_for(0, B * bands, grain, [&](int64_t begin, int64_t end) {
         Scratch scratch;
         for (int64_t task = begin; task < end; ++task) {
