@@ -291,13 +291,17 @@ print("ok")
 
 
 @pytest.mark.parametrize("isa", ["avx2", "baseline"])
-def test_narrower_instruction_sets_give_the_same_bytes(isa):
+def test_narrower_instruction_sets_give_the_same_bytes(isa, tmp_path):
     # VLMREWARD_PREPROCESS_ISA caps the kernels picked at load time: the AVX2 and baseline kernels (what CPUs
     # without AVX-512 run) must give the pointwise path's bytes too.
     import subprocess
     import sys
-    env = dict(os.environ, VLMREWARD_PREPROCESS_ISA=isa)
-    done = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    from pathlib import Path
+    # the vlmreward this test imported (installed, or a build in place), not the source tree `-c` would put first
+    root = str(Path(vlmreward.__file__).resolve().parents[1])
+    env = dict(os.environ, VLMREWARD_PREPROCESS_ISA=isa, PYTHONPATH=root)
+    done = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
