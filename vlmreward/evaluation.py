@@ -28,16 +28,12 @@ import numpy as np
 import torch
 
 from vlmreward import fileio
+from vlmreward.envs import family
 
 GROUPS = ("train", "heldout", "paraphrase")
 #: group of a user's own labelled frames (``data=``)
 DATA_GROUP = "goals"
 DATA_KEYS = ("frames", "goals", "labels", "negatives")
-
-
-def family(env_id: str) -> str:
-    """"vlmreward/Find-v0" -> "Find"."""
-    return env_id.split("/")[-1].removesuffix("-v0")
 
 
 def test_recipe(vlm, env_ids=None, scale: float = 1.0):

@@ -214,6 +214,19 @@ def _vector_ends_on_success(env: gym.vector.VectorEnv) -> bool:
     return styles.pop() == GOAL_REACHING
 
 
+def _require_next_step(env: gym.vector.VectorEnv, who: str) -> None:
+    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
+        raise ValueError(f"{who} needs autoreset_mode NEXT_STEP, got {mode}")
+
+
+def _reset_mask(options, num_envs: int) -> np.ndarray:
+    """bool (num_envs,): the sub-envs a vector ``reset(options=...)`` resets (all without a "reset_mask")."""
+    if not options or "reset_mask" not in options:
+        return np.ones(num_envs, bool)
+    return np.asarray(options["reset_mask"], bool)
+
+
 def _select(mask: np.ndarray, new, old):
     """Per-environment choice between two batched observations (arrays, dicts or tuples of them)."""
     if isinstance(old, dict):
@@ -286,9 +299,7 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
             terminate_on_success=terminate_on_success, keep_env_reward=keep_env_reward,
             goal_embedding=goal_embedding, score_all_goals=score_all_goals, frame_source=frame_source)
         VectorWrapper.__init__(self, env)
-        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-        if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
-            raise ValueError(f"VectorVLMRewardWrapper needs autoreset_mode NEXT_STEP, got {mode}")
+        _require_next_step(env, "VectorVLMRewardWrapper")
         self.frame_source = frame_source
         self._frame_is_obs = _frames_from_observation(frame_source, env.single_observation_space, env.render_mode,
                                                       "the sub-environments")
@@ -323,8 +334,7 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
     def reset(self, *, seed=None, options=None):
         if seed is not None:
             self._goal_rng = np.random.default_rng(seed if isinstance(seed, int) else [s for s in seed if s is not None])
-        mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else \
-            np.asarray(options["reset_mask"], bool)  # a masked reset leaves the running episodes' goals alone
+        mask = _reset_mask(options, self.num_envs)  # a masked reset leaves the running episodes' goals alone
         self._assign_goals(mask)
         obs, info = self.env.reset(seed=seed, options=options)
         self._needs_reset[mask] = False
@@ -405,15 +415,13 @@ class EpisodeStatistics(VectorWrapper):
 
     def __init__(self, env: gym.vector.VectorEnv):
         VectorWrapper.__init__(self, env)
-        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-        if AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
-            raise ValueError(f"EpisodeStatistics needs autoreset_mode NEXT_STEP, got {mode}")
+        _require_next_step(env, "EpisodeStatistics")
         self._sums = {k: np.zeros(self.num_envs) for k in self.KEYS}
         self._prev_done = np.zeros(self.num_envs, bool)
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
-        mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else options["reset_mask"]
+        mask = _reset_mask(options, self.num_envs)
         for v in self._sums.values():
             v[mask] = 0.0
         self._prev_done[mask] = False
@@ -434,7 +442,7 @@ class EpisodeStatistics(VectorWrapper):
         s["r"] += np.where(live, reward, 0.0)
         s["l"] += live
         s["vlm_r"] += np.where(live, field("vlm_reward", 0.0), 0.0)
-        s["gt_r"] += np.where(live, field("env_reward", reward) if "env_reward" in info else reward, 0.0)
+        s["gt_r"] += np.where(live, field("env_reward", reward), 0.0)  # the reward itself without a VLM wrapper
         success = field("gt_success", 0.0) if "gt_success" in info else field("success", 0.0)
         s["gt_success"] = np.maximum(s["gt_success"], np.where(live, success, 0.0))
         done = np.logical_or(terminated, truncated)

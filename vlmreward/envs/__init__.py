@@ -77,8 +77,11 @@ def declaration(env_id: str) -> EnvDeclaration:
 
 
 def family(env_id: str) -> str:
-    """Family name of a vlmreward id ("vlmreward/Find-v0" -> "Find")."""
-    return declaration(env_id).family
+    """The name results are reported under: the declared family of a vlmreward id ("vlmreward/Find-v0" ->
+    "Find"); for any other name, its last path part without the version ("CartPole-v1" -> "CartPole",
+    "Lift" -> "Lift"), so user-given names and datasets read the same way."""
+    name = str(env_id).strip()
+    return DECLARATIONS[name].family if name in DECLARATIONS else name.split("/")[-1].split("-v")[0]
 
 
 def reward_style(env) -> str:

@@ -117,10 +117,8 @@ def parse_env_weights(spec: str, env_ids) -> np.ndarray:
     that is not in ``env_ids`` is skipped (so the default applies to any dataset). Raises ValueError for an
     unknown name, a malformed item or a weight that is not a finite number > 0.
     """
-    from vlmreward.envs import ENV_IDS
+    from vlmreward.envs import ENV_IDS, family
 
-    def family(e):
-        return e.strip().split("/")[-1].removesuffix("-v0")
     fams = [family(e) for e in env_ids]
     known = set(fams) | {family(e) for e in ENV_IDS}
     w = np.ones(len(fams))
@@ -144,10 +142,11 @@ def heldout_state_rows(ds: FrameDataset) -> np.ndarray:
     """bool (N,): frames of the household families where a held-out goal holds (a held-out (colour, type)
     pair faced, carried or placed). Classic control is left out: its held-out goals are other regions of the
     same state space, needed as negatives of its training goal."""
+    from vlmreward.envs import family
     from vlmreward.envs.household import FAMILIES
     rows = np.zeros(len(ds), dtype=bool)
     for e, env_id in enumerate(ds.env_ids):
-        if env_id.split("/")[-1].removesuffix("-v0").lower() in FAMILIES:
+        if family(env_id).lower() in FAMILIES:
             cols = [c for c in ds.env_goals[e] if not ds.train_goal_mask[c]]
             rows |= (ds.env_index == e) & ds.labels[:, cols].any(1)
     return rows
