@@ -23,7 +23,7 @@ def test_metrics_match_sklearn(tiny_report):
     report, _ = tiny_report
     res, raw = report["results"][CARTPOLE], report["scores"][CARTPOLE]
     checked = 0
-    for group in GROUPS:
+    for group in res:
         if "error" in res[group]:
             continue
         p, y = raw[group]["probs"], raw[group]["labels"]
@@ -37,7 +37,7 @@ def test_metrics_match_sklearn(tiny_report):
         assert f1_score(y, p > r["best_f1_threshold"]) == pytest.approx(best)
         assert r["num_negatives"] == 2 and r["positives"] == int(y.sum()) and r["count"] == y.size
         checked += 1
-    assert checked >= 2  # training goal and its paraphrase at least
+    assert checked >= 3  # training goals and their two evaluation-only wordings at least
 
 
 def test_outputs_written(tiny_report):
@@ -48,10 +48,12 @@ def test_outputs_written(tiny_report):
     assert all(f"| CartPoleUpright | {g}" in md for g in GROUPS)
     assert (out / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw, res = report["scores"][CARTPOLE], report["results"][CARTPOLE]
-    for g in ("train", "heldout"):  # one score per (frame, goal) of the group, probabilities
+    for g in ("train", "eval:0", "eval:1"):  # one score per (frame, goal) of the group, probabilities
         assert raw[g]["probs"].size == res[g]["frames"] * res[g]["goals"]
         assert ((raw[g]["probs"] >= 0) & (raw[g]["probs"] <= 1)).all()
-    assert res["heldout"]["goals"] == 4 and res["train"]["goals"] == 1
+    # every CartPole goal is a training goal; each evaluation wording rewords all of them
+    assert res["train"]["goals"] == res["eval:0"]["goals"] == 5 and res["heldout"]["goals"] == 0
+    assert res["eval:0"]["wording"] == "the pole remains perfectly straight" and "`the pole remains" in md
 
 
 def test_fixed_threshold_confusion(tiny_clip_dir, tiny_report, tmp_path):

@@ -186,8 +186,8 @@ def test_render_close_and_async_limits(tiny_model):
     env = SB3VecEnv(venv)
     try:
         assert env.get_attr("goal", indices=[2]) == ["the pole is upright"]
-        env.set_attr("goal_pool", ("the pole has fallen to the left",))
-        assert env.get_attr("goal_pool") == [("the pole has fallen to the left",)] * N
+        env.set_attr("goal_pool", ("the pole is leaning to the left",))
+        assert env.get_attr("goal_pool") == [("the pole is leaning to the left",)] * N
         with pytest.raises(NotImplementedError, match="SyncVectorEnv"):
             env.set_attr("goal_pool", ("the pole is upright",), indices=[0])
         with pytest.raises(NotImplementedError, match="SyncVectorEnv"):

@@ -6,8 +6,9 @@ binary reward ``1[p(goal | frame) > beta]`` (eq. 1-2) against ground truth, swee
 
 * registered environments: a labelled held-out set rolled out on the TEST seeds (disjoint from the training
   and validation seeds of ``vlmreward pretrain``), every frame labelled with the success of every goal; per
-  goal family (environment) and goal group -- training goals, held-out goals, paraphrased training goals
-  (wordings never used in training); or
+  goal family (environment) and goal group -- training goals, held-out goals, and the training goals in each
+  evaluation-only wording of :mod:`vlmreward.envs.language` (groups "eval:0", "eval:1", ...: phrasings never
+  used in training); or
 * a user's own labelled frames (``data=``, an ``.npz``: see :func:`load_labelled_frames`), one group "goals",
 
 it reports average precision, ROC-AUC, the beta of best F1 and the confusion counts at a chosen beta (numbers
@@ -30,18 +31,18 @@ import torch
 from vlmreward import fileio
 from vlmreward.envs import family
 
-GROUPS = ("train", "heldout", "paraphrase")
+GROUPS = ("train", "heldout")  # then "eval:<k>", one per evaluation-only wording
 #: group of a user's own labelled frames (``data=``)
 DATA_GROUP = "goals"
 DATA_KEYS = ("frames", "goals", "labels", "negatives")
 
 
-def test_recipe(vlm, env_ids=None, scale: float = 1.0):
+def test_recipe(vlm, env_ids=None, scale: float = 1.0, view: str = ""):
     """The test-seed :class:`~vlmreward.pretrain.dataset.DataConfig` of ``env_ids`` (None: all five), frames
-    stored at ``vlm``'s input size, resize mode and interpolation."""
+    stored at ``vlm``'s input size, resize mode and interpolation; ``view``: household frames ("" = default)."""
     from vlmreward.pretrain.dataset import default_recipe
     cfg = vlm.preprocess_kwargs
-    recipe = dataclasses.replace(default_recipe("test", cfg["image_size"], scale), resize_mode=cfg["resize_mode"],
+    recipe = dataclasses.replace(default_recipe("test", cfg["image_size"], scale, view), resize_mode=cfg["resize_mode"],
                                  interpolation=cfg["interpolation"])
     return recipe if env_ids is None else dataclasses.replace(recipe, env_ids=tuple(env_ids))
 
@@ -65,16 +66,18 @@ def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int, templates
 
 
 def dataset_scores(vlm, ds, *, num_negatives: int, templates=("{}",), template_ensembling="normalized_mean",
-                   seed: int = 0, paraphrases: bool = False, progress=None) -> dict:
+                   seed: int = 0, wordings: int | None = 0, progress=None) -> dict:
     """Scores of a :class:`~vlmreward.pretrain.dataset.FrameDataset`, per environment and goal group.
 
     Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1)
     from its own task set. Returns {env_id: {group: {"probs" float64 (M,), "labels" bool (M,), "goals",
-    "frames", "num_negatives"}}} with M = frames x goals of the group; groups "train", "heldout" and, with
-    ``paraphrases``, "paraphrase" (:func:`vlmreward.pretrain.captions.paraphrase` of the training goals, scored
-    against paraphrased negatives). ``progress``: called once per scored goal set.
+    "frames", "num_negatives", "wording"}}} with M = frames x goals of the group; groups "train", "heldout" and
+    "eval:<k>" for the first ``wordings`` evaluation-only wordings (None: all): the training goals AND their
+    negatives all said in wording k (:func:`vlmreward.envs.language.reword`), so a goal competes with its
+    negatives in one phrasing. "wording": the group's first goal as scored. ``progress``: called once per
+    scored goal set.
     """
-    from vlmreward.pretrain.captions import paraphrase
+    from vlmreward.envs.language import num_wordings, reword
     out = {}
     for e, env_id in enumerate(ds.env_ids):
         rows = ds.env_index == e
@@ -84,7 +87,9 @@ def dataset_scores(vlm, ds, *, num_negatives: int, templates=("{}",), template_e
         labels = ds.labels[rows][:, cols]
         n = min(int(num_negatives), len(task) - 1)
         kw = dict(num_negatives=n, templates=templates, template_ensembling=template_ensembling, seed=seed)
-        sets = [("probs", task)] + ([("para", [paraphrase(g) for g in task])] if paraphrases else [])
+        n_eval = max(num_wordings(g, "eval") for g in task)
+        n_eval = n_eval if wordings is None else min(n_eval, int(wordings))
+        sets = [("probs", task)] + [(f"eval:{k}", [reword(g, k) for g in task]) for k in range(n_eval)]
         probs = {}
         for key, goals in sets:
             probs[key] = (reward_probs(vlm, ds.frames[rows], goals, negatives=goals, **kw) if rows.any()
@@ -92,9 +97,11 @@ def dataset_scores(vlm, ds, *, num_negatives: int, templates=("{}",), template_e
             if progress is not None:
                 progress()
         groups = [("train", "probs", is_train), ("heldout", "probs", ~is_train)]
-        groups += [("paraphrase", "para", is_train)] if paraphrases else []
+        groups += [(key, key, is_train) for key, _ in sets[1:]]
+        words = dict(sets)
         out[env_id] = {group: {"probs": probs[key][:, m].ravel(), "labels": labels[:, m].ravel(),
-                               "goals": int(m.sum()), "frames": int(rows.sum()), "num_negatives": n}
+                               "goals": int(m.sum()), "frames": int(rows.sum()), "num_negatives": n,
+                               "wording": next((w for w, keep in zip(words[key], m) if keep), None)}
                        for group, key, m in groups}
     return out
 
@@ -110,7 +117,7 @@ def group_metrics(scores: dict, threshold: float | None = None) -> dict:
     r = classification_metrics(p, y, threshold=threshold)
     precision, recall = pr_curve(p, y)
     r.update(num_negatives=scores["num_negatives"], goals=scores["goals"], frames=scores["frames"],
-             pr_curve={"precision": precision.tolist(), "recall": recall.tolist()})
+             wording=scores.get("wording"), pr_curve={"precision": precision.tolist(), "recall": recall.tolist()})
     return r
 
 
@@ -170,7 +177,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
                           template_ensembling: str = "normalized_mean", seed: int = 0, scale: float = 1.0,
                           out: str | Path | None = None, data_dir: str | Path = "data/evaluate",
                           device: str = "cpu", image_size: int | None = None, resize_mode: str | None = None,
-                          interpolation: str | None = None, progress: bool = True,
+                          interpolation: str | None = None, view: str = "", progress: bool = True,
                           return_scores: bool = False) -> dict:
     """Evaluate a reward model offline on labelled frames: registered environments' test seeds, or ``data``.
 
@@ -187,6 +194,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         out: directory for evaluation.json / evaluation.md / pr_curves.png (None: no files).
         data_dir: cache of the generated test frames (environments only).
         image_size, resize_mode, interpolation: preprocess overrides of :func:`vlmreward.load_model`.
+        view: household frames, "egocentric" or "room" ("" = the environments' default).
         return_scores: also return the raw (probs, labels) arrays under "scores" (not written to JSON).
     Returns:
         {"model", "identity", "num_negatives", "results": {family key: {group: metrics dict}}, "table":
@@ -225,10 +233,10 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         scores = {Path(data).stem: data_scores(vlm, labelled, **kw)}
         report["data"] = str(data)
     else:
-        recipe = test_recipe(vlm, env_ids, scale)
+        recipe = test_recipe(vlm, env_ids, scale, view)
         ds = load_or_generate(recipe, data_dir, progress)
-        with tqdm(total=len(env_ids) * 2, desc="evaluate", disable=not progress) as bar:
-            scores = dataset_scores(vlm, ds, paraphrases=True, progress=bar.update, **kw)
+        with tqdm(desc="evaluate (goal sets)", disable=not progress) as bar:
+            scores = dataset_scores(vlm, ds, wordings=None, progress=bar.update, **kw)
         report["data_recipe"] = dataclasses.asdict(recipe)
     report["results"] = {key: {group: group_metrics(s, threshold) for group, s in groups.items()}
                          for key, groups in scores.items()}
@@ -257,7 +265,8 @@ def markdown_table(report: dict) -> str:
             if "error" in r:
                 lines.append(f"| {fam} | {group} | | | | n/a ({r['error']}) |" + " |" * 9)
                 continue
-            lines.append(f"| {fam} | {group} ({r['goals']}) | {r['num_negatives']} | {r['frames']} | {r['positives']} "
+            said = f" `{r['wording']}`" if group.startswith("eval") and r.get("wording") else ""
+            lines.append(f"| {fam} | {group} ({r['goals']}){said} | {r['num_negatives']} | {r['frames']} | {r['positives']} "
                          f"| {r['average_precision']:.3f} | {r['roc_auc']:.3f} | {r['best_f1_threshold']:.3f} "
                          f"| {r['threshold']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['tp']} | {r['fp']} "
                          f"| {r['tn']} | {r['fn']} |")
@@ -309,6 +318,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="override the model's input size")
     parser.add_argument("--resize-mode", default=None, help="override: shortest, longest or squash")
     parser.add_argument("--interpolation", default=None, help="override: bicubic or bilinear")
+    parser.add_argument("--view", default="", choices=["", "egocentric", "room"],
+                        help="household frames (default: the environments' own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the test recipe's episodes")
     parser.add_argument("--out", default=None, help="output directory (default runs/evaluate/<model>)")
@@ -325,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, templates=tuple(args.templates), template_ensembling=args.template_ensembling,
         seed=args.seed, scale=args.scale, out=out, data_dir=args.data_dir, device=args.device,
         image_size=args.image_size, resize_mode=args.resize_mode, interpolation=args.interpolation,
-        progress=not args.no_progress)
+        view=args.view, progress=not args.no_progress)
     print(report["table"])
     print(f"wrote {out}/evaluation.json, evaluation.md, pr_curves.png")
     return 0

@@ -156,9 +156,10 @@ class VisionLanguageModel:
             raise TypeError("texts must be a list of strings")
         if len(texts) == 0:
             raise ValueError("texts is empty")
-        out = [self.model.encode_text(self.tokenizer(list(texts[i:i + batch_size])).to(self.device)).float()
-               for i in range(0, len(texts), batch_size)]
-        return torch.cat(out)
+        tokens = self.tokenizer(list(texts))
+        order, batches = length_batches(self.model, tokens, batch_size)
+        out = torch.cat([self.model.encode_text(b.to(self.device)).float() for b in batches])
+        return out[torch.argsort(order)]
 
     def save(self, directory, *, include_package_text: bool = False) -> Path:
         """Write the model in open_clip's hub layout (see :func:`save_hub_dir`); returns the directory.
@@ -166,6 +167,24 @@ class VisionLanguageModel:
         The preprocess config written is the model's current one (with any override of :func:`load_model`).
         """
         return save_hub_dir(directory, self.model, self.model_cfg, include_package_text=include_package_text)
+
+
+def length_batches(model, tokens: torch.Tensor, batch_size: int):
+    """Token rows (K, L) in batches of similar length, each cut to its longest row: (order int64 (K,), list of
+    batches), ``cat(batches)`` = ``tokens[order]`` trimmed. Only for a Hugging Face text tower, whose padding
+    is masked (its outputs do not depend on trailing padding); other towers get the rows in their order, uncut.
+    Captions are ~10 of the 32-token context, so this cuts the cost of encoding them ~3x."""
+    text = getattr(model, "text", None)
+    if not isinstance(text, open_clip.hf_model.HFTextEncoder):
+        order = torch.arange(len(tokens))
+        return order, [tokens[i:i + batch_size] for i in range(0, len(tokens), batch_size)]
+    lengths = (tokens != text.config.pad_token_id).sum(1)
+    order = torch.argsort(lengths, stable=True)
+    batches = []
+    for i in range(0, len(tokens), batch_size):
+        rows = order[i:i + batch_size]
+        batches.append(tokens[rows, :max(1, int(lengths[rows].max()))])
+    return order, batches
 
 
 # ----------------------------------------------------------------------------------------- load_model

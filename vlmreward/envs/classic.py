@@ -6,15 +6,17 @@ MountainCar can draw a textured sky and ground behind the car (the peer found CL
 
 Goal ground truth (state: CartPole (x, x_dot, theta, theta_dot), MountainCar (position, velocity)):
 - "the pole is upright":                 |theta| <= 6 degrees (half of gymnasium's 12-degree failure angle)
-- "the pole has fallen to the left":     theta < -12 degrees (theta > 0 is a pole leaning right)
-- "the pole has fallen to the right":    theta > 12 degrees
+- "the pole is leaning to the left":     theta < -8 degrees (theta > 0 is a pole leaning right; gymnasium
+  ends the episode at 12 degrees; between 6 and 8 degrees neither upright nor leaning)
+- "the pole is leaning to the right":    theta > 8 degrees
 - "the cart is on the left side of the track":  x < -1.2 (half of gymnasium's 2.4 track limit)
 - "the cart is on the right side of the track": x > 1.2
 - "the car is at the top of the hill next to the flag": position >= 0.5 (gymnasium's goal_position)
 - "the car is at the bottom of the valley": |position - (-pi/6)| <= 0.1 (the valley floor of sin(3x))
 - "the car is on top of the left hill":    position <= -0.9
-The first goal of each environment is its only training goal; the others are held out (negatives and
-evaluation only).
+Every goal is a training goal (each environment's softmax over goals then contrasts distinct regions of its
+state space); the first is what ``reset`` samples by default (``goal_pool``), i.e. the task the environment
+is named after. Other wordings: :mod:`vlmreward.envs.language`.
 """
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.mountain_car import MountainCarEnv
 
-_FALL = 12 * 2 * math.pi / 360
+_DEG = math.pi / 180
 CARTPOLE_GOALS = {
-    "the pole is upright": lambda s: abs(s[2]) <= _FALL / 2,
-    "the pole has fallen to the left": lambda s: s[2] < -_FALL,
-    "the pole has fallen to the right": lambda s: s[2] > _FALL,
+    "the pole is upright": lambda s: abs(s[2]) <= 6 * _DEG,
+    "the pole is leaning to the left": lambda s: s[2] < -8 * _DEG,
+    "the pole is leaning to the right": lambda s: s[2] > 8 * _DEG,
     "the cart is on the left side of the track": lambda s: s[0] < -1.2,
     "the cart is on the right side of the track": lambda s: s[0] > 1.2,
 }
@@ -48,9 +50,9 @@ class _ClassicGoals:
 
     def _init_goals(self, goal_pool):
         self.task_set = tuple(self.GOALS)
-        self.train_goals = self.task_set[:1]
-        self.heldout_goals = self.task_set[1:]
-        self.goal_pool = self.train_goals if goal_pool is None else tuple(goal_pool)
+        self.train_goals = self.task_set
+        self.heldout_goals = ()
+        self.goal_pool = self.task_set[:1] if goal_pool is None else tuple(goal_pool)
         for g in self.goal_pool:
             self._check_goal(g)
         self.goal = self.goal_pool[0]
@@ -111,7 +113,7 @@ class _ClassicGoals:
 
 
 class CartPoleUpright(_ClassicGoals, CartPoleEnv):
-    """CartPole-v1 with goals (training goal "the pole is upright"). Args: render_mode, goal_pool."""
+    """CartPole-v1 with goals (default goal "the pole is upright"). Args: render_mode, goal_pool."""
 
     GOALS = CARTPOLE_GOALS
 
@@ -121,12 +123,12 @@ class CartPoleUpright(_ClassicGoals, CartPoleEnv):
 
 
 class MountainCarFlag(_ClassicGoals, MountainCarEnv):
-    """MountainCar-v0 with goals (training goal: the flag).
+    """MountainCar-v0 with goals (default goal: the flag).
 
     Args:
         render_mode: None or "rgb_array".
         textured: draw a textured sky and ground instead of the white background (fixed pattern, seed 0).
-        goal_pool: goals ``reset`` samples from (default ``train_goals``).
+        goal_pool: goals ``reset`` samples from (default: the flag).
     """
 
     GOALS = MOUNTAINCAR_GOALS

@@ -88,9 +88,9 @@ def solvable(env: HouseholdEnv) -> bool:
 def _cartpole_action(env) -> int:
     x, x_dot, theta, theta_dot = env.state
     goal = env.goal
-    if goal.endswith("fallen to the left"):
+    if goal.endswith("leaning to the left"):
         return 1  # accelerating the cart right tips the pole left
-    if goal.endswith("fallen to the right"):
+    if goal.endswith("leaning to the right"):
         return 0
     target = -1.5 if "left side" in goal else 1.5 if "right side" in goal else 0.0
     # Linear feedback (hand-tuned LQR-like gains): balance the pole, drift the cart towards ``target``.

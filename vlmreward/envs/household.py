@@ -2,19 +2,24 @@
 
 Baumli et al. (arXiv 2312.09187, section 4) train agents to find, lift and place household objects from
 language goals. Here a single MiniGrid room (``grid_size`` x ``grid_size`` cells, walls included) holds a
-few objects, each a distinct (colour, type) pair over MiniGrid's 6 colours x {ball, box, key}; every
-episode's goal objects are in the room. The observation IS the full-grid RGB frame a vision-language model
-scores (highlight off, carried object drawn on the agent's cell, since MiniGrid otherwise hides it).
+few objects, each a distinct (colour, type) pair over :data:`COLOURS` (8) x :data:`OBJECTS` (6), drawn by
+:class:`HouseholdObject` (one silhouette per type). Every episode's goal objects are in the room, and the
+distractors are biased to share a colour or a type with a goal object (:data:`CONFUSER_PROB`), so that a
+goal is only met by the right combination. The observation IS the RGB frame a vision-language model
+scores: the agent's egocentric view (``view="egocentric"``, MiniGrid's 7 x 7 agent view, agent at the
+bottom centre facing up) or the whole room from above (``view="room"``); highlight off, the carried object
+drawn on the agent's cell.
 
 Goal semantics (exact, from simulator state; BabyAI's verifier semantics, minigrid.envs.babyai.core.verifier):
 - Find      "go to the {c} {o}":                 the object is in the cell the agent faces (GoToInstr).
 - Lift      "pick up the {c} {o}":               the agent carries the object (PickupInstr).
 - PickPlace "put the {c1} {o1} next to the {c2} {o2}": both objects on the floor, 4-adjacent (PutNextInstr;
   the relation is symmetric, so dropping o2 next to o1 also counts: the resulting frames are the same).
-An absent object makes a goal False.
+An absent object makes a goal False. Other wordings of the same goals: :mod:`vlmreward.envs.language`.
 
-Train / held-out split: the colour-object pairs in ``HELDOUT_PAIRS`` never appear in a training goal
-(a PickPlace goal is held out when either of its objects is); they may still appear as distractors.
+Train / held-out split (:data:`HELDOUT_PAIRS`, 8 of the 48 pairs, one per colour, at most two per type, so
+that every colour keeps 5 and every type at least 6 training pairs): those pairs never appear in a training
+goal (a PickPlace goal is held out when either of its objects is); they may still appear as distractors.
 """
 from __future__ import annotations
 
@@ -23,16 +28,24 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from minigrid.core.constants import COLOR_NAMES
 from minigrid.core.mission import MissionSpace
 from minigrid.core.roomgrid import RoomGrid
-from minigrid.core.world_object import Ball, Box, Key
+from minigrid.core.world_object import WorldObj
+from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
-COLOURS: tuple[str, ...] = tuple(COLOR_NAMES)  # blue, green, grey, purple, red, yellow
-OBJECTS: tuple[str, ...] = ("ball", "box", "key")
+#: RGB of each colour word (MiniGrid's six, plus orange and white).
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "purple": (112, 39, 195),
+    "yellow": (255, 255, 0), "grey": (100, 100, 100), "orange": (255, 140, 0), "white": (255, 255, 255)}
+COLOURS: tuple[str, ...] = tuple(PALETTE)
+OBJECTS: tuple[str, ...] = ("ball", "box", "key", "cup", "book", "ring")
 PAIRS: tuple[tuple[str, str], ...] = tuple((c, o) for c in COLOURS for o in OBJECTS)
-HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset({("red", "key"), ("green", "box"), ("blue", "ball")})
-_OBJ_CLS = {"ball": Ball, "box": Box, "key": Key}
+HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset({
+    ("red", "key"), ("green", "box"), ("blue", "ball"), ("purple", "cup"), ("yellow", "book"),
+    ("grey", "ring"), ("orange", "ball"), ("white", "key")})
+VIEWS = ("egocentric", "room")
+#: Probability that a goal object gets a distractor of its colour (another type), and one of its type.
+CONFUSER_PROB = 0.75
 
 # Family -> (goal template, number of objects in a goal, actions: MiniGrid's Actions enum prefix).
 # Find needs only turn/forward; Lift and PickPlace add pickup and drop (drop lets a wrong pick be undone).
@@ -47,6 +60,60 @@ LEFT, RIGHT, FORWARD, PICKUP, DROP = range(5)
 #: per family. Carrying only where the action space has pickup (Find has none).
 STATE_MIX = {"find": (0.0, 0.25, 0.5), "lift": (0.5, 0.25, 0.35), "pickplace": (0.3, 0.6, 0.3)}
 _DIRS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's DIR_TO_VEC
+
+
+
+class HouseholdObject(WorldObj):
+    """A pickable household object of :data:`OBJECTS` in a colour of :data:`PALETTE`.
+
+    MiniGrid's own Ball / Box / Key know six colours and three types; this class draws all six types in all
+    eight colours, each type a silhouette that stays distinct at 12 px per cell (the default model's
+    84-px input of a 7-cell view): ball = disc, box = square outline with a slit, key = shaft, teeth and
+    bow, cup = open-topped beaker with a handle, book = filled block with a dark spine, ring = annulus.
+    Raises ValueError for an unknown colour or type.
+    """
+
+    def __init__(self, colour: str, kind: str):
+        if colour not in PALETTE or kind not in OBJECTS:
+            raise ValueError(f"unknown household object {colour!r} {kind!r}; colours {COLOURS}, types {OBJECTS}")
+        # WorldObj.__init__ only knows MiniGrid's own names; set its attributes directly
+        self.type, self.color, self.contains, self.init_pos, self.cur_pos = kind, colour, None, None, None
+
+    def can_pickup(self) -> bool:
+        return True
+
+    def encode(self) -> tuple[int, int, int]:
+        # MiniGrid caches rendered tiles by this tuple; ids past MiniGrid's own (< 11) keep the keys apart
+        return (100 + OBJECTS.index(self.type), 100 + COLOURS.index(self.color), 0)
+
+    def render(self, img: np.ndarray) -> None:
+        c, black = PALETTE[self.color], (0, 0, 0)
+        kind = self.type
+        if kind == "ball":
+            fill_coords(img, point_in_circle(0.5, 0.5, 0.31), c)
+        elif kind == "box":
+            fill_coords(img, point_in_rect(0.12, 0.88, 0.12, 0.88), c)
+            fill_coords(img, point_in_rect(0.20, 0.80, 0.20, 0.80), black)
+            fill_coords(img, point_in_rect(0.16, 0.84, 0.46, 0.54), c)
+        elif kind == "key":
+            fill_coords(img, point_in_rect(0.50, 0.63, 0.31, 0.88), c)
+            fill_coords(img, point_in_rect(0.36, 0.50, 0.58, 0.67), c)
+            fill_coords(img, point_in_rect(0.36, 0.50, 0.79, 0.88), c)
+            fill_coords(img, point_in_circle(0.56, 0.28, 0.19), c)
+            fill_coords(img, point_in_circle(0.56, 0.28, 0.07), black)
+        elif kind == "cup":
+            fill_coords(img, point_in_rect(0.18, 0.30, 0.22, 0.84), c)
+            fill_coords(img, point_in_rect(0.58, 0.70, 0.22, 0.84), c)
+            fill_coords(img, point_in_rect(0.18, 0.70, 0.72, 0.84), c)
+            fill_coords(img, point_in_rect(0.70, 0.88, 0.34, 0.44), c)
+            fill_coords(img, point_in_rect(0.78, 0.88, 0.34, 0.66), c)
+            fill_coords(img, point_in_rect(0.70, 0.88, 0.56, 0.66), c)
+        elif kind == "book":
+            fill_coords(img, point_in_rect(0.22, 0.78, 0.14, 0.86), c)
+            fill_coords(img, point_in_rect(0.22, 0.34, 0.14, 0.86), tuple(v // 3 for v in c))
+        else:  # ring
+            fill_coords(img, point_in_circle(0.5, 0.5, 0.36), c)
+            fill_coords(img, point_in_circle(0.5, 0.5, 0.20), black)
 
 
 def goal_specs(family: str) -> dict[str, tuple[tuple[str, str], ...]]:
@@ -64,7 +131,9 @@ class HouseholdEnv(RoomGrid):
         grid_size: room side in cells, walls included (>= 5).
         frame_size: side S of the square RGB observation in pixels; tiles are ``frame_size // grid_size``
             pixels and the grid is centred on a black canvas when S is not a multiple of ``grid_size``.
-        num_objects: objects in the room (goal objects + distractors), 2..len(PAIRS).
+        num_objects: objects in the room (goal objects + distractors), 2..(grid_size - 2)**2 // 3.
+        view: "egocentric" (MiniGrid's 7 x 7 agent view, rotated so the agent faces up) or "room" (the
+            whole room from above).
         max_steps: episode length before truncation.
         goal_pool: goals that ``reset`` samples from (default ``train_goals``).
         render_mode: None or "rgb_array" (``render()`` returns the current observation frame).
@@ -77,24 +146,29 @@ class HouseholdEnv(RoomGrid):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     reward_style = "goal_reaching"  # the episode ends when the goal is reached (vlmreward.envs.DECLARATIONS)
 
-    def __init__(self, family: str = "find", *, grid_size: int = 7, frame_size: int = 224, num_objects: int = 4,
-                 max_steps: int | None = None, goal_pool=None, render_mode: str | None = None):
+    def __init__(self, family: str = "find", *, grid_size: int = 7, frame_size: int = 224, num_objects: int = 5,
+                 view: str = "egocentric", max_steps: int | None = None, goal_pool=None,
+                 render_mode: str | None = None):
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         if grid_size < 5:
             raise ValueError(f"grid_size must be >= 5 (walls included), got {grid_size}")
-        if frame_size < grid_size:
-            raise ValueError(f"frame_size ({frame_size}) must be >= grid_size ({grid_size})")
+        if frame_size < max(grid_size, 7):
+            raise ValueError(f"frame_size ({frame_size}) must be >= the cells drawn across ({max(grid_size, 7)})")
         if not 2 <= num_objects <= min(len(PAIRS), (grid_size - 2) ** 2 // 3):
             raise ValueError(f"num_objects must be in [2, {(grid_size - 2) ** 2 // 3}] for grid_size {grid_size}, "
                              f"got {num_objects}")
         self.family = family
+        self.view = view
         self.frame_size = int(frame_size)
         self.num_objects = int(num_objects)
         self._specs = goal_specs(family)
         self.task_set: tuple[str, ...] = tuple(self._specs)
+        self._goal_index = {pairs: k for k, pairs in enumerate(self._specs.values())}
         self.train_goals = tuple(g for g, ps in self._specs.items() if not HELDOUT_PAIRS.intersection(ps))
         self.heldout_goals = tuple(g for g in self.task_set if g not in set(self.train_goals))
         self.goal_pool = self.train_goals if goal_pool is None else tuple(goal_pool)
@@ -104,7 +178,7 @@ class HouseholdEnv(RoomGrid):
         steps = {"find": 50, "lift": 64, "pickplace": 100}[family] if max_steps is None else int(max_steps)
         super().__init__(mission_space=MissionSpace(mission_func=lambda: self.goal), room_size=grid_size,
                          num_rows=1, num_cols=1, max_steps=steps, render_mode=render_mode,
-                         highlight=False, tile_size=self.frame_size // grid_size)
+                         highlight=False, tile_size=self.frame_size // grid_size, agent_view_size=7)
         self.action_space = spaces.Discrete(FAMILIES[family][2])
         self.observation_space = spaces.Box(0, 255, (self.frame_size, self.frame_size, 3), np.uint8)
         self._frame = np.zeros((self.frame_size, self.frame_size, 3), np.uint8)
@@ -142,6 +216,34 @@ class HouseholdEnv(RoomGrid):
         a, b = self._find(pairs[0]), self._find(pairs[1])
         return a is not None and b is not None and abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1
 
+    def task_labels(self) -> np.ndarray:
+        """bool (len(task_set),): ``goal_success`` of every goal of the task set, from one scan of the room
+        (a PickPlace task set has thousands of goals; equal to the per-goal loop, tested)."""
+        out = np.zeros(len(self.task_set), dtype=bool)
+        index = self._goal_index
+        if self.family == "lift":
+            if self.carrying is not None:
+                out[index.get(((self.carrying.color, self.carrying.type),), 0)] = (
+                    ((self.carrying.color, self.carrying.type),) in index)
+            return out
+        if self.family == "find":
+            cell = self.grid.get(*(int(v) for v in self.front_pos))
+            if cell is not None and ((cell.color, cell.type),) in index:
+                out[index[((cell.color, cell.type),)]] = True
+            return out
+        floor = {}
+        for i in range(1, self.width - 1):
+            for j in range(1, self.height - 1):
+                cell = self.grid.get(i, j)
+                if cell is not None:
+                    floor[(i, j)] = (cell.color, cell.type)
+        for (i, j), a in floor.items():
+            for dx, dy in _DIRS:
+                b = floor.get((i + dx, j + dy))
+                if b is not None and (a, b) in index:
+                    out[index[(a, b)]] = True
+        return out
+
     # ----- episode ---------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if options and options.get("goal") is not None:
@@ -162,14 +264,29 @@ class HouseholdEnv(RoomGrid):
         while True:  # rejection sampling: goal not already met at the start, and reachable
             super()._gen_grid(width, height)
             self.agent_pos = (-1, -1)  # RoomGrid parks the agent mid-room; free that cell for objects
-            others = [p for p in PAIRS if p not in need]
-            picks = self.np_random.permutation(len(others))[: self.num_objects - len(need)]
-            for colour, kind in need + [others[k] for k in picks]:
-                self.place_obj(_OBJ_CLS[kind](colour))
+            for colour, kind in need + self._distractors(need):
+                self.place_obj(HouseholdObject(colour, kind))
             self.place_agent()
             self.carrying = None
             if not self.goal_success(goal) and solvable(self):
                 return
+
+    def _distractors(self, need) -> list[tuple[str, str]]:
+        """``num_objects - len(need)`` other pairs: per goal object, with probability :data:`CONFUSER_PROB`
+        each, one of its colour and one of its type (a goal's words then only fit the goal object), the
+        rest uniform."""
+        rng, room = self.np_random, self.num_objects - len(need)
+        others = [p for p in PAIRS if p not in need]
+        picks: list[tuple[str, str]] = []
+        for colour, kind in need:
+            for shares in (lambda p: p[0] == colour, lambda p: p[1] == kind):
+                pool = [p for p in others if shares(p) and p not in picks]
+                if pool and rng.random() < CONFUSER_PROB:
+                    picks.append(pool[int(rng.integers(len(pool)))])
+        rng.shuffle(picks)
+        picks = picks[:room]
+        rest = [p for p in others if p not in picks]
+        return picks + [rest[k] for k in rng.permutation(len(rest))[: room - len(picks)]]
 
     def step(self, action):
         if not self.action_space.contains(action):
@@ -203,6 +320,7 @@ class HouseholdEnv(RoomGrid):
                 o = objs.pop(int(rng.integers(len(objs))))
                 self.grid.set(*o.cur_pos, None)
                 o.cur_pos, self.carrying = (-1, -1), o
+            placed = False
             if len(objs) >= 2 and rng.random() < p_adj:
                 a, b = rng.choice(len(objs), 2, replace=False)
                 bx, by = objs[b].cur_pos
@@ -212,10 +330,12 @@ class HouseholdEnv(RoomGrid):
                     self.grid.set(*objs[a].cur_pos, None)
                     self.grid.set(x, y, objs[a])
                     objs[a].cur_pos = (x, y)
+                    placed = True
             cells = [(i, j) for i in inner for j in inner if self.grid.get(i, j) is None]
             facing = []
             if objs and rng.random() < p_face:
-                o = objs[int(rng.integers(len(objs)))]
+                # after a placement, face one of the pair half the time (in view in the egocentric frame)
+                o = objs[int(rng.choice([a, b]))] if placed and rng.random() < 0.5 else objs[int(rng.integers(len(objs)))]
                 facing = [((o.cur_pos[0] - dx, o.cur_pos[1] - dy), d) for d, (dx, dy) in enumerate(_DIRS)
                           if self.grid.get(o.cur_pos[0] - dx, o.cur_pos[1] - dy) is None]
             if facing:
@@ -224,7 +344,7 @@ class HouseholdEnv(RoomGrid):
                 self.agent_pos, self.agent_dir = cells[int(rng.integers(len(cells)))], int(rng.integers(4))
             self.agent_pos = tuple(int(v) for v in self.agent_pos)
             frames.append(self.gen_obs())
-            labels.append([self.goal_success(g) for g in self.task_set])
+            labels.append(self.task_labels())
         return np.stack(frames), np.array(labels, dtype=bool)
 
     # ----- frames ----------------------------------------------------------------------------------------
@@ -234,12 +354,22 @@ class HouseholdEnv(RoomGrid):
         return self._frame.copy()
 
     def _draw(self) -> np.ndarray:
+        if self.view == "egocentric":
+            # MiniGrid's agent view (cells beyond the room drawn as wall), its carried object on the agent's
+            # cell; drawn without the visibility highlight, like the room view
+            grid, _ = self.gen_obs_grid()
+            v = self.agent_view_size
+            return self._fit(grid.render(self.frame_size // v, (v // 2, v - 1), 3, highlight_mask=None))
         x, y = int(self.agent_pos[0]), int(self.agent_pos[1])
         self.grid.set(x, y, self.carrying)  # draw the carried object under the agent (the agent's cell is empty)
         try:
             img = self.grid.render(self.tile_size, (x, y), self.agent_dir, highlight_mask=None)
         finally:
             self.grid.set(x, y, None)
+        return self._fit(img)
+
+    def _fit(self, img: np.ndarray) -> np.ndarray:
+        """Centre a rendered grid on a black (S, S, 3) canvas when S is not a multiple of the cell count."""
         if img.shape[0] == self.frame_size:
             return img
         out = np.zeros((self.frame_size, self.frame_size, 3), np.uint8)

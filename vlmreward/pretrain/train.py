@@ -1,7 +1,9 @@
 """``vlmreward pretrain``: train the embedded default reward model (an open_clip CLIP) on the project's envs.
 
 Data: :func:`vlmreward.pretrain.dataset.default_recipe` (labelled frames of all five environments, split by
-seed). Captions: the training goals (held-out goals never) in :data:`~vlmreward.pretrain.captions.TRAIN_TEMPLATES`.
+seed). Captions: the training goals and partial goals (held-out pairs never) in their training wordings
+(:func:`~vlmreward.pretrain.captions.training_captions`; each step draws one wording per caption and scores
+the batch against the captions that hold on it plus a random sample of the others, ``max_captions`` in all).
 Loss: :class:`~vlmreward.pretrain.loss.MultiPositiveClipLoss` + the paper's reward as a classifier
 (:func:`~vlmreward.pretrain.loss.reward_bce`, optionally with within-family hard queries) + optionally the
 per-goal :func:`~vlmreward.pretrain.loss.family_sigmoid`. Validation per epoch: average precision of the reward
@@ -32,7 +34,7 @@ from vlmreward import config, fileio
 from vlmreward.config import option, require
 from vlmreward.models import (VisionLanguageModel, build_model, load_model, load_weights, model_config,
                               read_hub_dir, read_state_dict, save_hub_dir, state_to_save)
-from vlmreward.pretrain.captions import TRAIN_TEMPLATES, attribute_captions
+from vlmreward.pretrain.captions import attribute_captions, training_captions
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
@@ -64,6 +66,8 @@ class PretrainConfig:
     eval_negatives: int = option(8, "validation: negatives per goal (capped by the task set size)")
     max_val_frames: int = option(4000, "validation on an evenly strided subset (keeps epochs short)")
     data_scale: float = option(1.0, "multiplies the default recipe's episode counts")
+    max_captions: int = option(768, "captions scored per step: those that hold on the batch + a random sample")
+    view: str = option("", "household frames: 'egocentric' or 'room' (empty: the environments' default)")
     heldout_states: bool = option(True, "also train on household frames where a held-out goal holds (as "
                                         "negatives of the training goals); off: the zero-shot protocol")
     env_weights: str = option("Lift=2,PickPlace=2.5,CartPoleUpright=0.5,MountainCarFlag=0.5",
@@ -89,6 +93,8 @@ class PretrainConfig:
         require(0.0 < self.positive_fraction < 1.0,
                 f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         require(self.data_scale > 0, f"data_scale must be > 0, got {self.data_scale}")
+        require(self.view in ("", "egocentric", "room"), f"view must be '', 'egocentric' or 'room', got {self.view!r}")
+        require(self.max_captions >= 2, f"max_captions must be >= 2, got {self.max_captions}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,9 +181,10 @@ def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction
 
 
 @torch.no_grad()
-def validate(model, model_name: str, ds: FrameDataset, num_negatives: int, seed: int = 0) -> dict:
-    """Average precision of the paper's reward probability (eq. 1), per environment, training / held-out goals:
-    {family: {"ap_train", "ap_heldout"}} (NaN without both classes).
+def validate(model, model_name: str, ds: FrameDataset, num_negatives: int, seed: int = 0, wordings: int = 2) -> dict:
+    """Average precision of the paper's reward probability (eq. 1), per environment: training goals, held-out
+    goals, and the training goals in the first ``wordings`` evaluation-only wordings:
+    {family: {"ap_train", "ap_heldout", "ap_eval:0", ...}} (NaN without both classes).
 
     The numbers are those of ``vlmreward evaluate`` on the same frames and model: the same goal banks, negatives,
     reward model and metrics (:func:`vlmreward.evaluation.dataset_scores`, :func:`~vlmreward.evaluation.group_metrics`).
@@ -186,7 +193,7 @@ def validate(model, model_name: str, ds: FrameDataset, num_negatives: int, seed:
     from vlmreward.evaluation import dataset_scores, family, group_metrics
     try:
         scores = dataset_scores(VisionLanguageModel.of_module(model, model_name), ds, num_negatives=num_negatives,
-                                seed=seed)
+                                seed=seed, wordings=wordings)
     finally:
         model.train()
     return {family(env_id): {f"ap_{group}": group_metrics(s).get("average_precision", float("nan"))
@@ -194,7 +201,8 @@ def validate(model, model_name: str, ds: FrameDataset, num_negatives: int, seed:
 
 
 def _score(val: dict) -> float:
-    vals = [v for r in val.values() for v in r.values() if not math.isnan(v)]
+    """Mean training-goal AP: what picks ``best/`` (never held-out goals or evaluation wordings)."""
+    vals = [r["ap_train"] for r in val.values() if not math.isnan(r.get("ap_train", float("nan")))]
     return float(np.mean(vals)) if vals else 0.0
 
 
@@ -226,9 +234,10 @@ def _datasets(cfg: PretrainConfig, size: int, train_ds, val_ds):
     """The training and validation sets (the cached default recipe unless given), validation strided down to
     ``max_val_frames``; ValueError for an empty set or frames of the wrong size."""
     if train_ds is None:
-        train_ds = load_or_generate(default_recipe("train", size, cfg.data_scale), cfg.data_dir, cfg.progress)
+        train_ds = load_or_generate(default_recipe("train", size, cfg.data_scale, cfg.view), cfg.data_dir,
+                                    cfg.progress)
     if val_ds is None:
-        val_ds = load_or_generate(default_recipe("val", size, cfg.data_scale), cfg.data_dir, cfg.progress)
+        val_ds = load_or_generate(default_recipe("val", size, cfg.data_scale, cfg.view), cfg.data_dir, cfg.progress)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError("empty dataset: no frames to train or validate on")
     if len(val_ds) > cfg.max_val_frames > 0:
@@ -278,6 +287,18 @@ def reward_loss(goal_logits, goal_y, env, env_cand, cfg: PretrainConfig, n_neg: 
     return torch.stack(terms).sum()
 
 
+def step_columns(y: torch.Tensor, max_captions: int, generator) -> torch.Tensor:
+    """Caption columns scored in one step: every column that holds on some frame of the batch (y bool (B, C)),
+    then random others up to ``max_captions`` in all; sorted int64. All C when C <= max_captions."""
+    C = y.shape[1]
+    if C <= max_captions:
+        return torch.arange(C)
+    held = y.any(0)
+    rest = (~held).nonzero().squeeze(1)
+    extra = rest[torch.randperm(len(rest), generator=generator)[:max(0, max_captions - int(held.sum()))]]
+    return torch.sort(torch.cat([held.nonzero().squeeze(1), extra])).values
+
+
 # ----- training ----------------------------------------------------------------------------------------
 def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
           val_ds: FrameDataset | None = None) -> dict:
@@ -303,7 +324,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     train_cols = np.flatnonzero(train_ds.train_goal_mask)  # held-out goals never become captions
     goals, labels_all, env_cand = caption_targets(train_ds, train_cols, cfg.attribute_captions)
     n_goals = len(train_cols)  # caption columns [0, n_goals) are goals; after them, partial goals (no reward term)
-    captions = CaptionEncoder(model, cfg.model, [[t.format(g) for t in TRAIN_TEMPLATES] for g in goals])
+    captions = CaptionEncoder(model, cfg.model, training_captions(goals))
     env_all = torch.from_numpy(train_ds.env_index)
     weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction, cfg.env_weights,
                                exclude=None if cfg.heldout_states else heldout_state_rows(train_ds))
@@ -341,17 +362,19 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
         for step in bar:
             b = idx[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             pixels = to_pixels(torch.from_numpy(train_ds.frames[b.numpy()]), mean, std)
-            y, env = labels_all[b], env_all[b]
+            cols = step_columns(labels_all[b], cfg.max_captions, g)
+            y, env, cand = labels_all[b][:, cols], env_all[b], env_cand[:, cols]
+            n_goal_cols = int((cols < n_goals).sum())  # goal columns first (cols is sorted)
             with torch.autocast(pixels.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
                 img = model.encode_image(pixels.contiguous(memory_format=torch.channels_last))
             img = F.normalize(img.float(), dim=-1)
-            txt = captions(torch.randint(0, len(TRAIN_TEMPLATES), (len(goals),), generator=g))
+            txt = captions(torch.randint(0, captions.T, (len(cols),), generator=g), cols)
             scale = model.logit_scale.exp()
             logits = scale * img @ txt.T
             l_clip = clip_loss(img, txt, scale, y)
             n_neg = int(2 ** torch.randint(1, int(math.log2(cfg.num_negatives)) + 1, (), generator=g))
-            l_rew = reward_loss(logits[:, :n_goals], y[:, :n_goals], env, env_cand[:, :n_goals], cfg, n_neg, g)
-            l_sig = (family_sigmoid(logits, y, env_cand[env], sig_bias) if cfg.sigmoid_weight
+            l_rew = reward_loss(logits[:, :n_goal_cols], y[:, :n_goal_cols], env, cand[:, :n_goal_cols], cfg, n_neg, g)
+            l_sig = (family_sigmoid(logits, y, cand[env], sig_bias) if cfg.sigmoid_weight
                      else logits.sum() * 0.0)
             loss = l_rew + cfg.clip_weight * l_clip + cfg.sigmoid_weight * l_sig
             opt.zero_grad(set_to_none=True)
@@ -383,7 +406,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     fileio.write_json(out / "history.json", history, indent=1)
     if cfg.export:
         recipe = {"command": " ".join(["vlmreward", "pretrain", *(argv or [])[2:]]) if argv else None,
-                  "config": asdict(cfg), "data_recipe": {s: asdict(default_recipe(s, size, cfg.data_scale))
+                  "config": asdict(cfg), "data_recipe": {s: asdict(default_recipe(s, size, cfg.data_scale, cfg.view))
                                                          for s in ("train", "val")},
                   "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history}
         save_hub_dir(cfg.export, model, mcfg, extra={"architecture": cfg.model, "seed": cfg.seed})

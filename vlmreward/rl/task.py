@@ -56,7 +56,9 @@ class Task:
             self.env_kwargs = _env_kwargs(args, None)
             return
         self.task_set = tuple(base.task_set)
-        self.train_goals = tuple(args.train_goals) if args.train_goals else tuple(base.train_goals)
+        # default: what the environment's reset samples by itself (household: its training goals; classic
+        # control: the goal it is named after, e.g. "the pole is upright")
+        self.train_goals = tuple(args.train_goals) if args.train_goals else tuple(base.goal_pool)
         for g in self.train_goals:
             if g not in self.task_set:
                 close = difflib.get_close_matches(g, self.task_set, n=3)
