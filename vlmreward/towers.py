@@ -32,7 +32,8 @@ def _convmixer_entrypoint(name: str, width: int, depth: int):
                              "vlmreward.load_model")
         if kwargs.get("pretrained_cfg") is None:  # timm warns without one
             kwargs["pretrained_cfg"] = {"num_classes": 0, "input_size": (3, 84, 84), "mean": (0.5,) * 3,
-                                        "std": (0.5,) * 3, "first_conv": "stem.0", "classifier": "head"}
+                                        "std": (0.5,) * 3, "first_conv": "stem.0", "classifier": "head",
+                                        "pool_size": (7, 7)}  # 84 px / patch 12: attention pooling's grid
         return _create_convmixer(name, pretrained, dim=width, depth=depth, kernel_size=3, patch_size=12,
                                  **kwargs)
     entrypoint.__name__ = entrypoint.__qualname__ = name  # timm registers a model under its function's name

@@ -47,8 +47,8 @@ DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
 class PretrainConfig:
     """Every hyper-parameter of a run (saved in checkpoints and in the shipped RECIPE.json)."""
     model: str = option(DEFAULT_MODEL, "registered open_clip architecture to train (vlmreward/model_configs)")
-    epochs: int = option(16, "training epochs")
-    steps_per_epoch: int = option(500, "optimiser steps per epoch")
+    epochs: int = option(12, "training epochs")
+    steps_per_epoch: int = option(1000, "optimiser steps per epoch")
     batch_size: int = option(128, "frames per step")
     lr: float = option(1e-3, "peak AdamW learning rate (linear warm-up, cosine decay)")
     weight_decay: float = option(0.05, "AdamW weight decay (not on gains, biases, logit_scale)")
