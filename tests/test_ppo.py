@@ -137,11 +137,21 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
     import imageio.v2 as imageio
     frames = imageio.mimread(tmp_path / "a.gif")
     # GIF encoders merge identical consecutive frames (a step into a wall), hence <=
-    assert 2 <= len(frames) <= result["frames"] and frames[0].shape[:2] == (56, 56)
+    assert 2 <= len(frames) <= result["frames"] and frames[0].shape[:2] == (56 + 14, 56)  # + the goal strip
+    strip = np.asarray(frames[0])[:14, :, :3]
+    assert strip.max() > 200 and np.asarray(frames[0])[14:, :, :3].any()  # the goal written above the frame
     with pytest.raises(ValueError, match="not one of the agent's goals"):
         video.record(run, tmp_path / "b.gif", goals=["go to the red ballz"])
     with pytest.raises(ValueError, match=".gif or .mp4"):
         video.record(run, tmp_path / "b.avi")
+
+
+def test_caption_writes_the_goal_in_white_then_green():
+    frame = np.zeros((84, 84, 3), np.uint8)
+    pending, done = (video.caption(frame, "go to the red key", ok).astype(int) for ok in (False, True))
+    assert pending.shape == done.shape == (84 + 14, 84, 3) and not pending[14:].any()
+    assert (pending[:14].min(-1) > 200).any() and not (pending[:14, :, 1] > pending[:14, :, 0] + 50).any()
+    assert (done[:14, :, 1] > done[:14, :, 0] + 50).any()  # green text once the goal is reached
 
 
 @pytest.mark.parametrize("threshold, length, ret", [(1.0, 5, 0.0), (0.0, 1, 1.0)])

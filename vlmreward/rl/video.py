@@ -4,7 +4,8 @@ Frames are the environment's own renders (uint8 (H,W,3)); the episodes run in th
 was trained on, with its goals chosen per episode (``--goal``) or cycled over the training goals, and end as
 the environment's own episodes do (no reward model runs here): a goal-reaching environment ends at
 ground-truth success, a per-step one (CartPoleUpright) on failure or timeout. Ground-truth success of each
-episode (any step) is printed. MP4 needs an imageio video plugin (``pip install imageio-ffmpeg``).
+episode (any step) is printed and written on the frames: a strip above each frame with the episode's goal,
+green from the first successful step on. MP4 needs an imageio video plugin (``pip install imageio-ffmpeg``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
     parser.add_argument("--deterministic", action="store_true", help="greedy actions instead of sampling")
     parser.add_argument("--fps", type=int, default=8, help="frames per second of the video")
+
+
+def caption(frame: np.ndarray, text: str, success: bool) -> np.ndarray:
+    """``frame`` uint8 (H, W, 3) with a strip of height max(14, H // 12) above it holding ``text`` (white,
+    green once ``success``); returns a new uint8 (H + strip, W, 3) array."""
+    from PIL import Image, ImageDraw
+    h, w = frame.shape[:2]
+    strip = max(14, h // 12)
+    img = Image.new("RGB", (w, h + strip))
+    img.paste(Image.fromarray(np.ascontiguousarray(frame)), (0, strip))
+    ImageDraw.Draw(img).text((3, (strip - 11) // 2), text, fill=(80, 230, 80) if success else (255, 255, 255))
+    return np.asarray(img)
 
 
 def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0, deterministic: bool = False,
@@ -65,15 +78,15 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
             goal = goals[e % len(goals)]
             obs, info = env.reset(seed=int(rng.integers(2 ** 31)), options={"goal": goal} if language else None)
             gid = torch.tensor([names.index(goal)])
-            frames.append(env.render())
             success = False
+            frames.append(caption(env.render(), goal, success) if language else env.render())
             while True:
                 with torch.no_grad():
                     action, *_ = agent.get_action_and_value(agent.prepare(np.asarray(obs)[None]), gid,
                                                             deterministic=deterministic)
                 obs, _, terminated, truncated, info = env.step(int(action[0]))
-                frames.append(env.render())
                 success = success or bool(info.get("success", False))
+                frames.append(caption(env.render(), goal, success) if language else env.render())
                 if terminated or truncated:
                     break
             successes.append(success)
