@@ -137,7 +137,8 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
     import imageio.v2 as imageio
     frames = imageio.mimread(tmp_path / "a.gif")
     # GIF encoders merge identical consecutive frames (a step into a wall), hence <=
-    assert 2 <= len(frames) <= result["frames"] and frames[0].shape[:2] == (56 + 14, 56)  # + the goal strip
+    # frames enlarged 3x so that the goal fits above them (19 characters of 6 px > 56 px), plus the goal strip
+    assert 2 <= len(frames) <= result["frames"] and frames[0].shape[:2] == (168 + 14, 168)
     strip = np.asarray(frames[0])[:14, :, :3]
     assert strip.max() > 200 and np.asarray(frames[0])[14:, :, :3].any()  # the goal written above the frame
     with pytest.raises(ValueError, match="not one of the agent's goals"):
@@ -148,8 +149,10 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
 
 def test_caption_writes_the_goal_in_white_then_green():
     frame = np.zeros((84, 84, 3), np.uint8)
-    pending, done = (video.caption(frame, "go to the red key", ok).astype(int) for ok in (False, True))
-    assert pending.shape == done.shape == (84 + 14, 84, 3) and not pending[14:].any()
+    pending, done = (video.caption(frame, "go to the box", ok).astype(int) for ok in (False, True))
+    assert pending.shape == done.shape == (84 + 14, 84, 3) and not pending[14:].any()  # 13 characters fit 84 px
+    long = video.caption(np.full((10, 20, 3), 7, np.uint8), "put the red ball next to the grey key", False)
+    assert long.shape[1] >= 6 * 37 and long.shape[1] % 20 == 0 and (long[-10:, :20] == 7).all()
     assert (pending[:14].min(-1) > 200).any() and not (pending[:14, :, 1] > pending[:14, :, 0] + 50).any()
     assert (done[:14, :, 1] > done[:14, :, 0] + 50).any()  # green text once the goal is reached
 

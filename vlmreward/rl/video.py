@@ -30,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def caption(frame: np.ndarray, text: str, success: bool) -> np.ndarray:
-    """``frame`` uint8 (H, W, 3) with a strip of height max(14, H // 12) above it holding ``text`` (white,
-    green once ``success``); returns a new uint8 (H + strip, W, 3) array."""
+    """``frame`` uint8 (H, W, 3), enlarged by the smallest integer factor k (nearest neighbour) at which ``text``
+    fits its width in Pillow's default font (6 px a character), with a strip of height max(14, kH // 12) above it
+    holding ``text`` (white, green once ``success``); returns a new uint8 (kH + strip, kW, 3) array."""
     from PIL import Image, ImageDraw
+    k = max(1, -(-(6 * len(text) + 6) // frame.shape[1]))
+    frame = np.repeat(np.repeat(frame, k, 0), k, 1) if k > 1 else frame
     h, w = frame.shape[:2]
     strip = max(14, h // 12)
     img = Image.new("RGB", (w, h + strip))
