@@ -9,7 +9,8 @@ goal is only met by the right combination. The observation IS the RGB frame a vi
 scores: the whole room from above (``view="room"``, the default) or the agent's egocentric view
 (``view="egocentric"``, MiniGrid's 7 x 7 agent view, agent at the bottom centre facing up); highlight off,
 the carried object drawn on the agent's cell. The default is measured: at equal pretraining steps the reward
-model learned every household family far faster from room frames (docs/results/default_model.md).
+model learned every household family far faster from room frames, while a Find agent on ground-truth reward
+learned faster from egocentric ones (docs/results/default_model.md).
 
 Goal semantics (exact, from simulator state; BabyAI's verifier semantics, minigrid.envs.babyai.core.verifier):
 - Find      "go to the {c} {o}":                 the object is in the cell the agent faces (GoToInstr).
