@@ -318,7 +318,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="override the model's input size")
     parser.add_argument("--resize-mode", default=None, help="override: shortest, longest or squash")
     parser.add_argument("--interpolation", default=None, help="override: bicubic or bilinear")
-    parser.add_argument("--view", default="", choices=["", "egocentric", "room"],
+    from vlmreward.envs.household import VIEWS
+    parser.add_argument("--view", default="", choices=["", *VIEWS],
                         help="household frames (default: the environments' own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the test recipe's episodes")

@@ -93,7 +93,8 @@ class PretrainConfig:
         require(0.0 < self.positive_fraction < 1.0,
                 f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         require(self.data_scale > 0, f"data_scale must be > 0, got {self.data_scale}")
-        require(self.view in ("", "egocentric", "room"), f"view must be '', 'egocentric' or 'room', got {self.view!r}")
+        from vlmreward.envs.household import VIEWS
+        require(self.view in ("", *VIEWS), f"view must be '' or one of {VIEWS}, got {self.view!r}")
         require(self.max_captions >= 2, f"max_captions must be >= 2, got {self.max_captions}")
 
 
