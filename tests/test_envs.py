@@ -153,7 +153,26 @@ def test_carried_object_is_visible(view):
     x, y = base.agent_pos if view == "room" else (3, 6)  # egocentric: the agent at the bottom centre
     tile = obs[y * ts:(y + 1) * ts, x * ts:(x + 1) * ts].reshape(-1, 3)
     assert np.any(np.all(tile == PALETTE[colour], axis=-1))  # the carried object's colour is in the agent's cell
-    assert np.array_equal(obs, env.render())
+    if view == "room":
+        assert np.array_equal(obs, env.render())
+
+
+def test_render_is_the_room_from_above_in_every_view():
+    """render() shows the room from above in both views (what a reward model scores with frame_source
+    "render" while the agent observes its egocentric view): equal to a room-view twin's observation."""
+    ego = gym.make("vlmreward/Lift-v0", render_mode="rgb_array", view="egocentric")
+    room = gym.make("vlmreward/Lift-v0", render_mode="rgb_array", view="room")
+    obs_e, _ = ego.reset(seed=5)
+    obs_r, _ = room.reset(seed=5)
+    assert not np.array_equal(obs_e, obs_r) and np.array_equal(ego.render(), obs_r)
+    for _ in range(12):
+        action = expert_action(room)
+        obs_e, *_ = ego.step(action)
+        obs_r, _, done, _, _ = room.step(action)
+        assert np.array_equal(ego.render(), obs_r)
+        if done:
+            break
+    assert done
 
 
 def test_frame_size_and_grid_size_configurable():
@@ -354,3 +373,36 @@ def test_egocentric_view_puts_the_faced_cell_in_front_of_the_agent():
     assert room.reset(seed=0)[0].shape == env.reset(seed=0)[0].shape
     with pytest.raises(ValueError, match="view"):
         gym.make("vlmreward/Find-v0", view="fisheye")
+
+
+@pytest.mark.parametrize("view", ["room", "egocentric"])
+def test_frames_equal_minigrid_grid_render(view):
+    """The household frames come from render_grid (MiniGrid's tiles, without its per-cell loop overhead): the
+    same bytes as MiniGrid's own Grid.render, for the room and the egocentric grid, along random episodes."""
+    from minigrid.core.grid import Grid
+    from vlmreward.envs.household import render_grid
+
+    env = gym.make("vlmreward/Lift-v0", view=view, frame_size=84)
+    base = env.unwrapped
+    rng = np.random.default_rng(0)
+    env.reset(seed=1)
+    checked = 0
+    for _ in range(60):
+        obs, _, term, trunc, _ = env.step(int(rng.integers(base.action_space.n)))
+        if view == "room":
+            x, y = base.agent_pos
+            base.grid.set(x, y, base.carrying)
+            grid, pos, d = base.grid, (x, y), base.agent_dir
+        else:
+            grid, _ = base.gen_obs_grid()
+            pos, d = (3, 6), 3
+        want = grid.render(84 // 7, pos, d, highlight_mask=None)
+        got = render_grid(grid, 84 // 7, pos, d)
+        if view == "room":
+            base.grid.set(x, y, None)
+        assert isinstance(grid, Grid) and got.dtype == np.uint8 and np.array_equal(got, want)
+        assert np.array_equal(obs, want)
+        checked += 1
+        if term or trunc:
+            env.reset(seed=int(rng.integers(1000)))
+    assert checked == 60

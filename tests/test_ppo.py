@@ -208,6 +208,42 @@ def test_goal_attention_agent_depends_on_the_goal():
     assert agent.encoder.query.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_pixel_encoder_matches_its_convolutional_definition(depth):
+    """The encoder runs the patchify convolution and a 1x1 stem as matmuls over cell tokens; the same weights
+    through torch's convolutions (the definition) give the same features, at every depth; depth 0 has no 3x3
+    convolution and fewer parameters, and the goal still changes the policy."""
+    torch.manual_seed(0)
+    emb = torch.randn(5, 16)
+    agent = Agent((84, 84, 3), 3, emb, goal_heads=2, depth=depth)
+    enc = agent.encoder
+    x = torch.rand(3, 3, 56, 56)
+    goal = agent._goal(torch.tensor([0, 1, 4]))
+
+    def reference(pixels, goal):  # feature maps (B,C,7,7) all the way, keypoints by an explicit softmax
+        def keypoints(m):
+            p = m.flatten(2).softmax(-1).view(m.shape)
+            line = torch.linspace(-1, 1, m.shape[-1])
+            return torch.cat([(p.sum(2) * line).sum(-1), (p.sum(3) * line).sum(-1)], dim=1)
+        cells = enc.patchify(pixels)
+        q = enc.query(goal).view(len(pixels), 2, -1)
+        match = torch.einsum("bchw,bkc->bkhw", cells, q) / cells.shape[1] ** 0.5
+        h = enc.stem(torch.cat([cells, match], 1))
+        gamma, beta = enc.film(goal)[..., None, None].chunk(2, dim=1)
+        h = enc.conv(h * (1 + gamma) + beta)
+        parts = [keypoints(match), keypoints(h), h.amax(dim=(2, 3)), torch.relu(enc.goal_proj(goal))]
+        return enc.mlp(torch.cat(parts, 1))
+
+    torch.testing.assert_close(enc(x, goal), reference(x, goal), rtol=1e-5, atol=1e-5)
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in enc.modules()) == depth
+    a = torch.zeros(3, dtype=torch.int64)
+    _, lp0, _, _ = agent(x, torch.tensor([0, 0, 0]), a)
+    _, lp1, _, _ = agent(x, torch.tensor([1, 1, 1]), a)
+    assert not torch.allclose(lp0, lp1)
+    with pytest.raises(ValueError, match="depth"):
+        Agent((84, 84, 3), 3, emb, depth=-1)
+
+
 def test_hindsight_samples_hand_computed():
     """Relabelling: steps up to `window` before an achievement, within one episode, decayed weights."""
     T, window, decay = 5, 4, 0.5

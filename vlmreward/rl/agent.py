@@ -12,11 +12,13 @@ section 4): a held-out goal is just a new embedding. Two observation encoders:
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.distributions import Categorical
 
 import vlmreward
@@ -30,16 +32,17 @@ def layer_init(layer: nn.Module, std: float = 2 ** 0.5, bias: float = 0.0) -> nn
 
 
 class SpatialSoftmax(nn.Module):
-    """Feature maps (B,C,H,W) -> expected (x, y) in [-1, 1] of each channel under a softmax over positions, (B,2C)
-    (Levine, Finn et al., arXiv 1504.00702): explicit coordinates of the goal object and of the agent, so the
-    policy reads their relative position instead of memorising every pair of cells."""
+    """Cell features (B,N,C) of an n x n grid (N = n*n, row-major) -> expected (x, y) in [-1, 1] of each channel
+    under a softmax over cells, (B,2C): all x then all y (Levine, Finn et al., arXiv 1504.00702): explicit
+    coordinates of the goal object and of the agent, so the policy reads their relative position instead of
+    memorising every pair of cells."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        p = x.flatten(2).softmax(-1).view(b, c, h, w)
-        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
-        return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=1)
+        n = math.isqrt(x.shape[1])
+        p = x.softmax(1)
+        line = torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype)
+        coords = torch.stack([line.repeat(n), line.repeat_interleave(n)], dim=1)  # (N,2): (x, y) of each cell
+        return torch.einsum("bnc,nd->bdc", p, coords).flatten(1)
 
 
 class PixelEncoder(nn.Module):
@@ -51,20 +54,28 @@ class PixelEncoder(nn.Module):
     softmax), a global max-pool of the feature maps and the projected goal into an MLP."""
 
     def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 8, channels: int = 64,
-                 hidden: int = 256, goal_heads: int = 0):
+                 hidden: int = 256, goal_heads: int = 0, depth: int = 3):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
-        self.image_size = image_size
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0, got {depth}")
+        self.image_size, self.patch = image_size, patch
         self.goal_heads = goal_heads if goal_dim else 0
         k = self.goal_heads
         self.patchify = nn.Sequential(layer_init(nn.Conv2d(3, channels, patch, stride=patch)), nn.ReLU())
         # goal attention over cells: K goal queries, dot products with every cell's content -> K match maps
         self.query = layer_init(nn.Linear(goal_dim, k * channels), std=1.0) if k else None
-        self.stem = nn.Sequential(layer_init(nn.Conv2d(channels + k, channels, 3, padding=1)), nn.ReLU())
+        # depth 3x3 convolutions in all (the stem is the first; depth 0: a per-cell 1x1 stem), FiLM after the
+        # stem: the 3x3 convolutions relate neighbouring cells and cost ~9x a 1x1 one each
+        size = 3 if depth else 1
+        self.stem = nn.Sequential(layer_init(nn.Conv2d(channels + k, channels, size, padding=size // 2)), nn.ReLU())
         self.film = layer_init(nn.Linear(goal_dim, 2 * channels), std=0.1) if goal_dim else None
-        self.conv = nn.Sequential(layer_init(nn.Conv2d(channels, channels, 3, padding=1)), nn.ReLU(),
-                                  layer_init(nn.Conv2d(channels, channels, 3, padding=1)))
+        layers: list[nn.Module] = []
+        for i in range(max(depth - 1, 0)):
+            layers += [nn.ReLU()] if i else []
+            layers.append(layer_init(nn.Conv2d(channels, channels, 3, padding=1)))
+        self.conv = nn.Sequential(*layers)
         self.keypoints = SpatialSoftmax()
         self.goal_proj = layer_init(nn.Linear(goal_dim, channels)) if goal_dim else None
         self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels + 2 * k, hidden)), nn.ReLU())
@@ -76,20 +87,30 @@ class PixelEncoder(nn.Module):
                                     std=(1.0, 1.0, 1.0), resize_mode="squash", interpolation="bilinear")
 
     def forward(self, pixels: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        cells = self.patchify(pixels)
+        # cells as (B,N,C) tokens: the patchify convolution (stride = kernel) and the 1x1 stem are matmuls,
+        # ~5x faster forward + backward than the CPU convolution kernels at these shapes
+        b, p = pixels.shape[0], self.patch
+        n = self.image_size // p
+        patchify = self.patchify[0]
+        tokens = pixels.reshape(b, 3, n, p, n, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, 3 * p * p)
+        cells = torch.relu(F.linear(tokens, patchify.weight.flatten(1), patchify.bias))
         parts = []
         if self.query is not None:
-            b, c = cells.shape[:2]
-            q = self.query(goal).view(b, self.goal_heads, c)
-            match = torch.einsum("bchw,bkc->bkhw", cells, q) / c ** 0.5
-            cells = torch.cat([cells, match], dim=1)
+            c = cells.shape[2]
+            match = torch.bmm(cells, self.query(goal).view(b, self.goal_heads, c).transpose(1, 2)) / c ** 0.5
+            cells = torch.cat([cells, match], dim=2)
             parts.append(self.keypoints(match))
-        x = self.stem(cells)
+        stem = self.stem[0]
+        if stem.kernel_size == (1, 1):
+            x = torch.relu(F.linear(cells, stem.weight.flatten(1), stem.bias))
+        else:
+            x = self.stem(cells.transpose(1, 2).reshape(b, -1, n, n)).flatten(2).transpose(1, 2)
         if self.film is not None:
-            gamma, beta = self.film(goal).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+            gamma, beta = self.film(goal).unsqueeze(1).chunk(2, dim=2)
             x = x * (1 + gamma) + beta
-        x = self.conv(x)
-        parts += [self.keypoints(x), x.amax(dim=(2, 3))]
+        if len(self.conv):
+            x = self.conv(x.transpose(1, 2).reshape(b, -1, n, n)).flatten(2).transpose(1, 2)
+        parts += [self.keypoints(x), x.amax(dim=1)]
         if self.goal_proj is not None:
             parts.append(torch.relu(self.goal_proj(goal)))
         return self.mlp(torch.cat(parts, dim=1))
@@ -121,15 +142,16 @@ class Agent(nn.Module):
             (G,0) for an environment without language goals. Stored as a buffer so checkpoints carry them.
         train_goal_ids: rows whose per-dimension mean and std standardise every goal embedding (text
             embeddings of similar goals are close, cosine ~0.9; standardising spreads them); default all rows.
-        image_size, patch, channels, hidden: pixel encoder sizes (frames are downsampled to image_size x
-            image_size; one patch per grid cell).
+        image_size, patch, channels, hidden, goal_heads, depth: pixel encoder sizes (frames are downsampled to
+            image_size x image_size; one patch per grid cell; ``PixelEncoder``).
     Raises:
         ValueError: an observation shape that is neither (H,W,3) nor (D,), or a bad goal table.
     """
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
-                 channels: int = 64, hidden: int = 256, goal_heads: int = 0, precision: str = "fp32"):
+                 channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
+                 precision: str = "fp32"):
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -148,7 +170,7 @@ class Agent(nn.Module):
         self.critic_encoder = None
         if len(shape) == 3 and shape[-1] == 3:
             self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, channels=channels,
-                                        hidden=hidden, goal_heads=goal_heads)
+                                        hidden=hidden, goal_heads=goal_heads, depth=depth)
             hidden_out = hidden
         elif len(shape) == 1:
             self.encoder = StateEncoder(shape[0], goal_dim)

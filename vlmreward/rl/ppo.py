@@ -70,6 +70,11 @@ class Args:
     vectorization_mode: str = option("sync", "'sync' or 'async' vector environments")
     train_goals: list[str] | None = option(None, "training goals (a subset of the task set; default: the env's)")
     max_episode_steps: int | None = option(None, "episode timeout (default: the environment's)")
+    view: str | None = option(None, "household domains: the frame the policy observes, 'room' or 'egocentric' "
+                                    "(default: the environment's, 'room')")
+    frame_source: str = option("auto", "the frame the VLM scores: 'observation', 'render' (household domains: the "
+                                       "room from above, also under --view egocentric) or 'auto' (the observation "
+                                       "when it is a frame)")
     frame_size: int | None = option(None, "side of the household domains' RGB frames (default: the reward model's "
                                       "input size: no resize in the reward)")
     # --- agent ---
@@ -79,6 +84,8 @@ class Args:
     hidden: int = option(256, "hidden units of the pixel policy")
     goal_heads: int = option(0, "goal-attention queries of the pixel policy: match maps of the goal against every "
                             "cell's content (0: FiLM only)")
+    depth: int = option(3, "3x3 convolutions of the pixel policy (the first is the goal-conditioned stem; 0: a "
+                           "per-cell 1x1 stem, keypoints and max-pool only)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
                                            "losses float32), faster on CPUs with AVX-512-BF16")
     # --- PPO (CleanRL defaults) ---
@@ -120,6 +127,10 @@ class Args:
         require((self.num_envs * self.num_steps) % self.num_minibatches == 0,
                 f"num_envs * num_steps ({self.num_envs * self.num_steps}) must be divisible by num_minibatches "
                 f"({self.num_minibatches})")
+        require(self.depth >= 0 and self.goal_heads >= 0,
+                f"depth and goal_heads must be >= 0, got {self.depth}, {self.goal_heads}")
+        require(self.frame_source in ("auto", "observation", "render"),
+                f"frame_source must be 'auto', 'observation' or 'render', got {self.frame_source!r}")
         require(0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}")
         require(self.reward_mode in MODES, f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
         require(self.reward_mode != "projection" or bool(self.baseline),
@@ -339,7 +350,7 @@ def train(args: Args) -> dict:
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
                   patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
-                  precision=args.policy_precision).to(device)
+                  depth=args.depth, precision=args.policy_precision).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:

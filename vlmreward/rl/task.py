@@ -42,6 +42,8 @@ class Task:
             raise ValueError(f"{args.env_id}: the trainer needs a Discrete action space, got {probe.action_space}")
         self.num_actions = int(probe.action_space.n)
         probe.close()
+        if args.view is not None and not hasattr(base, "view"):
+            raise ValueError(f"{args.env_id} has no views: --view applies to the household domains")
         self.reward_model = self.bank = None
         self.terminate_on_success = (ends_on_success(base) if args.terminate_on_success is None
                                      else args.terminate_on_success)
@@ -92,6 +94,8 @@ def _env_kwargs(args, frame_size: int | None) -> dict:
         kwargs["max_episode_steps"] = args.max_episode_steps
     if frame_size is not None:
         kwargs["frame_size"] = frame_size
+    if args.view is not None:
+        kwargs["view"] = args.view
     return kwargs
 
 
@@ -108,7 +112,8 @@ def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync") -> Episod
                         wrappers=wrappers, **kwargs)
     if vlm:
         envs = VectorVLMRewardWrapper(envs, task.reward_model, terminate_on_success=task.terminate_on_success,
-                                      keep_env_reward=True, score_all_goals=task.args.hindsight_coef > 0)
+                                      keep_env_reward=True, score_all_goals=task.args.hindsight_coef > 0,
+                                      frame_source=task.args.frame_source)
     return EpisodeStatistics(envs)
 
 
