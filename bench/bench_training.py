@@ -5,7 +5,8 @@
 * ``train-vlm``: ``vlmreward train`` on the VLM reward (rollout + PPO update), the shipped config's settings;
 * ``train-gt``: the same on the ground-truth reward;
 
-for Find (``--config find``: 32 envs, hindsight relabelling) and CartPoleUpright (``--config cartpole``).
+for Find (``--config find``: 32 envs, hindsight relabelling), Find with the settings before issue 15 (``find
+[before]``: room view, a 3-layer 3x3 convolutional policy) and CartPoleUpright (``--config cartpole``).
 Run: ``pytest bench/bench_training.py -s -p no:cacheprovider`` (BENCH_ITERATIONS, default 4, PPO iterations per
 training case; BENCH_THREADS, default 1, torch threads). Speed is reported as env steps/s and as the learner's
 share of a training step (1 - env+vlm time / train-vlm time, per step).
@@ -25,13 +26,16 @@ from vlmreward.rl.task import Task, make_envs
 
 ITERATIONS = int(os.environ.get("BENCH_ITERATIONS", "4"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
-CONFIGS = {"vlmreward/Find-v0": "find", "vlmreward/CartPoleUpright-v0": "cartpole"}
+CONFIGS = {"vlmreward/Find-v0": ("find", {}),
+           "vlmreward/Find-v0 [before]": ("find", dict(view="room", frame_source="auto", depth=3)),
+           "vlmreward/CartPoleUpright-v0": ("cartpole", {})}
 RESULTS: dict = {}
 
 
 def _args(env_id: str, reward: str, tmp_path) -> ppo.Args:
-    args = ppo.parse_args(argparse.Namespace(config=CONFIGS[env_id]))
-    return dataclasses.replace(args, reward=reward, threads=THREADS, progress=False, eval_interval=0,
+    config, overrides = CONFIGS[env_id]
+    args = ppo.parse_args(argparse.Namespace(config=config))
+    return dataclasses.replace(args, reward=reward, **overrides, threads=THREADS, progress=False, eval_interval=0,
                                eval_episodes=0, checkpoint_interval=10 ** 6, run_dir=str(tmp_path / reward),
                                total_timesteps=ITERATIONS * args.num_envs * args.num_steps)
 
@@ -68,3 +72,6 @@ def test_training_throughput(benchmark, tmp_path, env_id, case):
         print(f"{env_id}: learner share of a VLM training step {1 - train_vlm / env_vlm:.0%} "
               f"(env {RESULTS.get((env_id, 'env'), float('nan')):.0f}, env+vlm {env_vlm:.0f}, train-vlm "
               f"{train_vlm:.0f}, train-gt {RESULTS[(env_id, 'train-gt')]:.0f} env steps/s)")
+    now, before = (RESULTS.get(("vlmreward/Find-v0" + tag, case)) for tag in ("", " [before]"))
+    if now and before and env_id.startswith("vlmreward/Find-v0"):
+        print(f"vlmreward/Find-v0 {case}: find config / before = {now / before:.2f}x")

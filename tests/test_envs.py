@@ -406,3 +406,22 @@ def test_frames_equal_minigrid_grid_render(view):
         if term or trunc:
             env.reset(seed=int(rng.integers(1000)))
     assert checked == 60
+
+
+def test_egocentric_grid_equals_minigrid_gen_obs_grid():
+    """The egocentric view's grid (one pass over the view) encodes exactly as MiniGrid's gen_obs_grid (slice,
+    rotations, visibility, carried object) in every direction, next to walls and while carrying."""
+    env = gym.make("vlmreward/Lift-v0", view="egocentric")
+    base = env.unwrapped
+    rng = np.random.default_rng(0)
+    env.reset(seed=2)
+    dirs, carried = set(), 0
+    for _ in range(300):
+        _, _, term, trunc, _ = env.step(int(rng.integers(base.action_space.n)))
+        want, _ = base.gen_obs_grid()
+        assert np.array_equal(base._view_grid().encode(), want.encode())
+        dirs.add(base.agent_dir)
+        carried += base.carrying is not None
+        if term or trunc:
+            env.reset(seed=int(rng.integers(1000)))
+    assert dirs == {0, 1, 2, 3} and carried > 0

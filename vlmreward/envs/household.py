@@ -33,7 +33,8 @@ from gymnasium import spaces
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from minigrid.core.roomgrid import RoomGrid
-from minigrid.core.world_object import WorldObj
+from minigrid.core.constants import DIR_TO_VEC
+from minigrid.core.world_object import Wall, WorldObj
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 #: RGB of each colour word (MiniGrid's six, plus orange and white).
@@ -363,9 +364,8 @@ class HouseholdEnv(RoomGrid):
         if view == "egocentric":
             # MiniGrid's agent view (cells it cannot see, e.g. behind walls, left empty), its carried object on
             # the agent's cell; drawn without the visibility highlight, like the room view
-            grid, _ = self.gen_obs_grid()
             v = self.agent_view_size
-            return self._fit(render_grid(grid, self.frame_size // v, (v // 2, v - 1), 3))
+            return self._fit(render_grid(self._view_grid(), self.frame_size // v, (v // 2, v - 1), 3))
         x, y = int(self.agent_pos[0]), int(self.agent_pos[1])
         self.grid.set(x, y, self.carrying)  # draw the carried object under the agent (the agent's cell is empty)
         try:
@@ -373,6 +373,25 @@ class HouseholdEnv(RoomGrid):
         finally:
             self.grid.set(x, y, None)
         return self._fit(img)
+
+    def _view_grid(self) -> Grid:
+        """``self.gen_obs_grid()[0]`` (MiniGrid's agent view: cells out of sight emptied, the carried object on
+        the agent's cell) built in one pass: view cell (x, y), agent at (v//2, v-1) facing up, shows world cell
+        agent + (v-1-y) * forward + (x - v//2) * right; MiniGrid's slice and rotations make a Grid each
+        (tests compare the encodings)."""
+        v = self.agent_view_size
+        (ax, ay), (fx, fy) = self.agent_pos, DIR_TO_VEC[self.agent_dir]
+        rx, ry = -fy, fx
+        cells, wall, w, h = self.grid.grid, Wall(), self.grid.width, self.grid.height
+        view = Grid(v, v)
+        for y in range(v):
+            for x in range(v):
+                wx = ax + (v - 1 - y) * fx + (x - v // 2) * rx
+                wy = ay + (v - 1 - y) * fy + (x - v // 2) * ry
+                view.grid[y * v + x] = cells[wy * w + wx] if 0 <= wx < w and 0 <= wy < h else wall
+        view.process_vis(agent_pos=(v // 2, v - 1))
+        view.set(v // 2, v - 1, self.carrying)
+        return view
 
     def _fit(self, img: np.ndarray) -> np.ndarray:
         """Centre a rendered grid on a black (S, S, 3) canvas when S is not a multiple of the cell count."""
