@@ -77,6 +77,9 @@ def test_missing_config_file(tmp_path):
     (["--num-envs", "0"], "num_envs"),
     (["--threshold", "1.5"], "threshold"),
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "divisible"),
+    (["--view", "fisheye"], "view must be one of"),
+    (["--frame-source", "camera"], "frame_source must be one of"),
+    (["--depth", "-1"], "depth"),
 ])
 def test_bad_values(argv, match):
     with pytest.raises(ValueError, match=match):

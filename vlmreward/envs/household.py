@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from minigrid.core.constants import DIR_TO_VEC
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from minigrid.core.roomgrid import RoomGrid
-from minigrid.core.constants import DIR_TO_VEC
 from minigrid.core.world_object import Wall, WorldObj
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
@@ -131,9 +131,8 @@ def render_grid(grid: Grid, tile_size: int, agent_pos: tuple[int, int], agent_di
     """``grid.render(tile_size, agent_pos, agent_dir)`` (MiniGrid, highlight off), uint8 (H*t, W*t, 3): the same
     tiles from MiniGrid's tile cache (``Grid.render_tile``), without the per-cell ``np.array_equal`` that makes
     MiniGrid's loop ~5x slower than the tiles themselves (tests compare the bytes with ``Grid.render``)."""
-    agent = agent_pos[1] * grid.width + agent_pos[0]
-    tiles = [Grid.render_tile(obj, agent_dir if k == agent else None, False, tile_size) for k, obj in enumerate(grid.grid)]
-    t = tile_size
+    agent, t = agent_pos[1] * grid.width + agent_pos[0], tile_size
+    tiles = [Grid.render_tile(obj, agent_dir if k == agent else None, False, t) for k, obj in enumerate(grid.grid)]
     img = np.empty((grid.height * t, grid.width * t, 3), np.uint8)  # cached tiles are float64: cast as MiniGrid
     img.reshape(grid.height, t, grid.width, t, 3)[:] = np.stack(tiles).reshape(
         grid.height, grid.width, t, t, 3).transpose(0, 2, 1, 3, 4)
@@ -356,7 +355,8 @@ class HouseholdEnv(RoomGrid):
 
     # ----- frames ----------------------------------------------------------------------------------------
     def gen_obs(self):
-        """The observation: a fresh full-grid frame (rendered once per step and cached for ``render``)."""
+        """The observation: a fresh frame of ``view`` (rendered once per step; ``render`` reuses it in the room
+        view and draws the room anew in the egocentric one)."""
         self._frame = self._draw(self.view)
         return self._frame.copy()
 

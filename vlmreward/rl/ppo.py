@@ -30,11 +30,13 @@ import torch.nn as nn
 
 from vlmreward import config, fileio
 from vlmreward.config import option, require
+from vlmreward.envs.household import VIEWS
 from vlmreward.reward import MODES
 from vlmreward.rl.agent import Agent
 from vlmreward.rl.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, save_checkpoint
 from vlmreward.rl.runlog import RunLogger, log_episodes, log_update, plot_learning_curves
 from vlmreward.rl.task import Task, achieved_goals, evaluate_agent, make_envs, split_observation
+from vlmreward.wrappers import FRAME_SOURCES
 
 REWARDS = ("vlm", "gt")
 FIRE_CHECK_ROLLOUTS = 5  # train() warns when the VLM reward has not fired in this many first rollouts
@@ -129,8 +131,9 @@ class Args:
                 f"({self.num_minibatches})")
         require(self.depth >= 0 and self.goal_heads >= 0,
                 f"depth and goal_heads must be >= 0, got {self.depth}, {self.goal_heads}")
-        require(self.frame_source in ("auto", "observation", "render"),
-                f"frame_source must be 'auto', 'observation' or 'render', got {self.frame_source!r}")
+        require(self.frame_source in FRAME_SOURCES,
+                f"frame_source must be one of {FRAME_SOURCES}, got {self.frame_source!r}")
+        require(self.view is None or self.view in VIEWS, f"view must be one of {VIEWS}, got {self.view!r}")
         require(0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}")
         require(self.reward_mode in MODES, f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
         require(self.reward_mode != "projection" or bool(self.baseline),
