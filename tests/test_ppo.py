@@ -147,6 +147,29 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
         video.record(run, tmp_path / "b.avi")
 
 
+def test_evaluate_agent_command_reruns_the_checkpoints_task(tmp_path, tiny_clip_dir):
+    """`vlmreward evaluate-agent` rebuilds the run's task from the checkpoint: its numbers are those of
+    evaluate_agent on the trained agent in the trainer's own Task, and they repeat for the same seed."""
+    from vlmreward.rl import evaluate
+    from vlmreward.rl.checkpoint import build_agent, load_checkpoint
+    from vlmreward.rl.task import Task, evaluate_agent
+    run = tmp_path / "run"
+    args = ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", num_envs=2, num_steps=16, num_minibatches=2,
+                           total_timesteps=32, eval_episodes=1, frame_size=56, max_episode_steps=6),
+                    model=str(tiny_clip_dir), run_dir=str(run))
+    ppo.train(args)
+    got = evaluate.evaluate_checkpoint(run, episodes=3, seed=5)
+    assert got == evaluate.evaluate_checkpoint(run / "checkpoint.pt", episodes=3, seed=5) | {
+        "checkpoint": str(run / "checkpoint.pt")}
+    task, agent = Task(args, torch.device("cpu")), build_agent(load_checkpoint(run))
+    for split, goals in (("train", task.train_goals), ("heldout", task.heldout_goals)):
+        torch.manual_seed(5)
+        assert got[split] == evaluate_agent(agent, task, list(goals), 3, seed=5) and got[split]["episodes"] == 3
+    assert got["reward"] == args.reward and got["global_step"] == 32
+    with pytest.raises(ValueError, match="episodes"):
+        evaluate.evaluate_checkpoint(run, episodes=0)
+
+
 def test_caption_writes_the_goal_in_white_then_green():
     frame = np.zeros((84, 84, 3), np.uint8)
     pending, done = (video.caption(frame, "go to the box", ok).astype(int) for ok in (False, True))

@@ -132,6 +132,7 @@ def _cli_error(capsys, argv):
     (["train", "--env-id", "vlmreward/Fnd-v0", "--reward", "gt"], "unknown environment id"),
     (["train", "--config", "no-such-config"], "config file not found"),
     (["enjoy", "missing-run/checkpoint.pt"], "checkpoint not found"),
+    (["evaluate-agent", "missing-run"], "checkpoint not found"),
     (["pretrain", "--epoch", "2"], "--epoch"),
     (["pretrain", "--precision", "fp8"], "precision"),
 ])

@@ -15,6 +15,7 @@ COMMANDS = {
     "pretrain": ("vlmreward.pretrain.train", "train the embedded default CLIP on the project's environments"),
     "evaluate": ("vlmreward.evaluation", "offline evaluation of a reward model: precision-recall against ground truth"),
     "train": ("vlmreward.rl.ppo", "train a language-conditioned PPO agent on VLM rewards"),
+    "evaluate-agent": ("vlmreward.rl.evaluate", "ground-truth success of a trained agent on training and held-out goals"),
     "enjoy": ("vlmreward.rl.video", "record a GIF/MP4 of a trained agent"),
 }
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
