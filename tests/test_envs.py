@@ -425,3 +425,40 @@ def test_egocentric_grid_equals_minigrid_gen_obs_grid():
         if term or trunc:
             env.reset(seed=int(rng.integers(1000)))
     assert dirs == {0, 1, 2, 3} and carried > 0
+
+
+def test_a_carried_object_is_drawn_whole_with_a_small_agent_pointing_ahead():
+    """MiniGrid's full-size agent hid much of a carried object; carrying_tile keeps most of every silhouette
+    (all but a small agent at the cell's front edge), and the agent still points where it faces."""
+    from minigrid.core.grid import Grid
+    from vlmreward.envs.household import OBJECTS, HouseholdObject, carrying_tile
+    t = 12  # 84 px frames of a 7 x 7 room
+    empty = Grid.render_tile(None, None, False, t).astype(int)
+    for kind in OBJECTS:
+        obj = HouseholdObject("orange", kind)  # not the agent's red: MiniGrid's agent would not blend in
+        own = Grid.render_tile(obj, None, False, t).astype(int)
+        silhouette = np.abs(own - empty).sum(-1) > 30
+        kept = lambda img: (np.abs(img.astype(int) - own).sum(-1) < 30)[silhouette].mean()  # noqa: E731
+        new = np.mean([kept(carrying_tile(obj, d, t)) for d in range(4)])
+        old = np.mean([kept(Grid.render_tile(obj, d, False, t)) for d in range(4)])
+        assert new > 0.75 and new > old + 0.1, (kind, new, old)
+        for d, (fx, fy) in enumerate([(1, 0), (0, 1), (-1, 0), (0, -1)]):
+            cell = carrying_tile(obj, d, t).astype(int)
+            ys, xs = np.nonzero((cell[..., 0] > 200) & (cell[..., 1] < 60) & (cell[..., 2] < 60))
+            centre = (t - 1) / 2
+            assert len(xs) and (xs.mean() - centre) * fx + (ys.mean() - centre) * fy > 0.25 * t
+
+
+@pytest.mark.parametrize("view", ["room", "egocentric"])
+def test_household_frames_draw_the_carried_object_with_carrying_tile(view):
+    from vlmreward.envs.household import HouseholdObject, carrying_tile
+    env = gym.make("vlmreward/Lift-v0", frame_size=84, view=view).unwrapped
+    env.reset(seed=3)
+    env.carrying = HouseholdObject("purple", "book")
+    t = env.tile_size if view == "room" else 84 // env.agent_view_size
+    x, y = env.agent_pos if view == "room" else (env.agent_view_size // 2, env.agent_view_size - 1)
+    frame = env._draw(view)
+    tile = carrying_tile(env.carrying, env.agent_dir if view == "room" else 3, t).astype(np.uint8)  # as MiniGrid casts
+    assert frame.shape == (84, 84, 3) and (frame[y * t:(y + 1) * t, x * t:(x + 1) * t] == tile).all()
+    env.carrying = None
+    assert (env._draw(view) != frame).any()

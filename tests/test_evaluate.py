@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 import torch
+
+import vlmreward
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
 
 from vlmreward.evaluation import GROUPS, evaluate_reward_model as evaluate
@@ -63,6 +65,33 @@ def test_fixed_threshold_confusion(tiny_clip_dir, tiny_report, tmp_path):
     p, y = r["scores"][CARTPOLE]["train"]["probs"], r["scores"][CARTPOLE]["train"]["labels"]
     m = r["results"][CARTPOLE]["train"]
     assert m["threshold"] == 0.4 and m["tp"] == int(((p > 0.4) & (y == 1)).sum())
+
+
+def test_default_negatives_are_the_whole_task_set_the_trainer_uses(tiny_clip_dir, tiny_report):
+    """By default every goal competes with its whole task set, as in `vlmreward train` (Args.num_negatives None):
+    p(goal | frame) = softmax over the task set of logit_scale * cos, computed here from open_clip directly."""
+    import gymnasium as gym
+    import torch.nn.functional as F
+    from vlmreward.models import load_model
+    from vlmreward.rl.ppo import Args
+    assert Args().num_negatives is None
+    _, out = tiny_report
+    r = evaluate(str(tiny_clip_dir), CARTPOLE, scale=0.1, data_dir=out / "data", progress=False, return_scores=True)
+    task = list(gym.make(CARTPOLE).unwrapped.task_set)
+    res, raw = r["results"][CARTPOLE]["train"], r["scores"][CARTPOLE]["train"]
+    assert r["num_negatives"] is None and res["num_negatives"] == len(task) - 1 and "whole task set" in r["table"]
+    vlm = load_model(str(tiny_clip_dir))
+    frames = raw["frames"]
+    from vlmreward.evaluation import test_recipe
+    from vlmreward.pretrain.dataset import load_or_generate
+    ds = load_or_generate(test_recipe(vlm, [CARTPOLE], 0.1), out / "data", progress=False)
+    assert len(ds) == frames
+    with torch.no_grad():
+        x = F.normalize(vlm.encode_image(vlmreward.preprocess(torch.from_numpy(ds.frames), **vlm.preprocess_kwargs)
+                                         ).double(), dim=-1)
+        t = F.normalize(vlm.encode_text(task).double(), dim=-1)
+    p = torch.softmax(vlm.logit_scale * x @ t.T, dim=1).numpy()  # (frames, goals); all CartPole goals train
+    np.testing.assert_allclose(raw["probs"], p.ravel(), atol=1e-4)
 
 
 def test_bad_input(tiny_clip_dir, tmp_path):

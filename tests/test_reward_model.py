@@ -85,6 +85,29 @@ def test_binary_and_probability_match_reference(model, frames):
     torch.testing.assert_close(cos.rewards.double(), cos_ref[:, :len(GOALS)], atol=0.01, rtol=0)
 
 
+def test_a_bank_over_the_whole_task_set_scores_every_goal_as_the_per_set_kernel(model, frames):
+    """Every goal's set = the whole task set (the trainer's default bank): one softmax per frame over all goals
+    gives what the kernel's per-set path and the float64 reference give, in every mode and with goal_ids."""
+    from vlmreward.ops import fused_reward
+    bank = GoalBank(model, TASK_SET, templates=TEMPLATES)  # negatives: all other goals
+    assert bank.goal_sets.shape == (len(TASK_SET), len(TASK_SET))
+    probs_ref, cos_ref = reference(model, frames, bank.strings, bank.goal_sets, model.logit_scale)
+    ids = torch.arange(len(frames)) % len(TASK_SET)
+    rows = torch.arange(len(frames))
+    for mode in ("binary", "probability", "cosine"):
+        rm = RewardModel(model, bank, mode=mode, threshold=0.3)
+        out = rm(frames)
+        per_set = fused_reward(torch.from_numpy(frames), model.encode_image, bank.text_embeddings, bank.goal_sets,
+                               logit_scale=rm.logit_scale, threshold=0.3, mode=mode, **model.preprocess_kwargs)
+        torch.testing.assert_close(out.probs, per_set.probs, atol=1e-6, rtol=1e-5)
+        close = (per_set.probs - 0.3).abs() < 1e-5  # a p within rounding of beta may fall either side
+        torch.testing.assert_close(out.rewards[~close], per_set.rewards[~close], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.probs.double(), probs_ref, atol=PROB_TOL, rtol=0)
+        one = rm(frames, ids)
+        torch.testing.assert_close(one.probs, out.probs[rows, ids], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.rewards.double(), cos_ref, atol=0.01, rtol=0)  # cosine mode: the cosines
+
+
 def test_temperature(model, frames):
     bank = GoalBank(model, GOALS, templates=TEMPLATES)
     probs_ref, _ = reference(model, frames, bank.strings, bank.goal_sets, 1 / 0.5)

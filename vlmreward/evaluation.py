@@ -51,7 +51,7 @@ test_recipe.__test__ = False  # not a pytest test
 
 
 @torch.inference_mode()
-def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int, templates=("{}",),
+def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int | None, templates=("{}",),
                  template_ensembling: str = "normalized_mean", seed: int = 0, batch: int = 256) -> np.ndarray:
     """p(goal | frame) of eq. 1 for every frame and goal: float64 (N, G), from uint8 ``frames`` (N, H, W, 3),
     through a :class:`GoalBank` (``negatives``, ``num_negatives``, ``templates``, ``seed``) and a probability
@@ -65,12 +65,12 @@ def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int, templates
                            for i in range(0, len(frames), batch)])
 
 
-def dataset_scores(vlm, ds, *, num_negatives: int, templates=("{}",), template_ensembling="normalized_mean",
+def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), template_ensembling="normalized_mean",
                    seed: int = 0, wordings: int | None = 0, progress=None) -> dict:
     """Scores of a :class:`~vlmreward.pretrain.dataset.FrameDataset`, per environment and goal group.
 
-    Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1)
-    from its own task set. Returns {env_id: {group: {"probs" float64 (M,), "labels" bool (M,), "goals",
+    Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1;
+    None: all of it, the reward ``vlmreward train`` trains on) from its own task set. Returns {env_id: {group: {"probs" float64 (M,), "labels" bool (M,), "goals",
     "frames", "num_negatives", "wording"}}} with M = frames x goals of the group; groups "train", "heldout" and
     "eval:<k>" for the first ``wordings`` evaluation-only wordings (None: all): the training goals AND their
     negatives all said in wording k (:func:`vlmreward.envs.language.reword`), so a goal competes with its
@@ -85,7 +85,7 @@ def dataset_scores(vlm, ds, *, num_negatives: int, templates=("{}",), template_e
         task = [ds.goals[c] for c in cols]
         is_train = ds.train_goal_mask[cols]
         labels = ds.labels[rows][:, cols]
-        n = min(int(num_negatives), len(task) - 1)
+        n = len(task) - 1 if num_negatives is None else min(int(num_negatives), len(task) - 1)
         kw = dict(num_negatives=n, templates=templates, template_ensembling=template_ensembling, seed=seed)
         n_eval = max(num_wordings(g, "eval") for g in task)
         n_eval = n_eval if wordings is None else min(n_eval, int(wordings))
@@ -160,12 +160,13 @@ def load_labelled_frames(path) -> dict:
             "negatives": None if negatives is None else negatives.tolist()}
 
 
-def data_scores(vlm, data: dict, *, num_negatives: int, templates=("{}",), template_ensembling="normalized_mean",
+def data_scores(vlm, data: dict, *, num_negatives: int | None, templates=("{}",), template_ensembling="normalized_mean",
                 seed: int = 0) -> dict:
     """Scores of :func:`load_labelled_frames`' data in the layout of :func:`dataset_scores`: one group "goals"."""
     negatives = data["negatives"] or data["goals"]
     # GoalBank caps each goal's negatives at its pool (the task set minus the goal)
-    n = min(int(num_negatives), max(len({s for s in negatives if s != g}) for g in data["goals"]))
+    pool = max(len({s for s in negatives if s != g}) for g in data["goals"])
+    n = pool if num_negatives is None else min(int(num_negatives), pool)
     probs = reward_probs(vlm, data["frames"], data["goals"], negatives=negatives, num_negatives=n,
                          templates=templates, template_ensembling=template_ensembling, seed=seed)
     return {DATA_GROUP: {"probs": probs.ravel(), "labels": data["labels"].ravel(), "goals": len(data["goals"]),
@@ -173,7 +174,7 @@ def data_scores(vlm, data: dict, *, num_negatives: int, templates=("{}",), templ
 
 
 def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pretrained: str | None = None,
-                          num_negatives: int = 8, threshold: float | None = None, templates=("{}",),
+                          num_negatives: int | None = None, threshold: float | None = None, templates=("{}",),
                           template_ensembling: str = "normalized_mean", seed: int = 0, scale: float = 1.0,
                           out: str | Path | None = None, data_dir: str | Path = "data/evaluate",
                           device: str = "cpu", image_size: int | None = None, resize_mode: str | None = None,
@@ -186,7 +187,10 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         env_ids: registered ids (str or list); None = all five. Not with ``data``.
         data: path of a user's ``.npz`` of labelled frames (:func:`load_labelled_frames`), instead of
             environments; its results are keyed by the file's stem, group "goals".
-        num_negatives: N, negatives per goal sampled from the task set (capped at its size - 1).
+        num_negatives: N, negatives per goal sampled from the task set (capped at its size - 1); None (default):
+            the whole task set, the reward ``vlmreward train`` trains on (its ``--num-negatives`` default). With
+            few sampled negatives a frame's own goal is rarely among a held-out goal's negatives, so frames of a
+            look-alike object (same colour or type) score high on it: N changes what is measured.
         threshold: beta for the confusion counts; None uses each group's best-F1 beta.
         templates, template_ensembling: prompt templates of the goal bank and how they are combined
             (:class:`vlmreward.GoalBank`); seed: seed of the negatives' sampling.
@@ -217,7 +221,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         unknown = [e for e in env_ids if e not in envs.ENV_IDS]
         if unknown or not env_ids:
             raise ValueError(f"unknown environment id(s) {unknown}; choose from {list(envs.ENV_IDS)}")
-    if int(num_negatives) < 1:
+    if num_negatives is not None and int(num_negatives) < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -227,7 +231,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
     kw = dict(num_negatives=num_negatives, templates=tuple(templates), template_ensembling=template_ensembling,
               seed=seed)
     report = {"model": model if pretrained is None else f"{model}:{pretrained}", "identity": vlm.identity,
-              "num_negatives": int(num_negatives), "templates": list(templates),
+              "num_negatives": None if num_negatives is None else int(num_negatives), "templates": list(templates),
               "template_ensembling": template_ensembling, "seed": seed, "preprocess": vlm.preprocess_kwargs}
     if labelled is not None:
         scores = {Path(data).stem: data_scores(vlm, labelled, **kw)}
@@ -254,8 +258,9 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
 
 def markdown_table(report: dict) -> str:
     """One row per (family, goal group): AP, ROC-AUC, best-F1 beta, N, confusion at beta."""
-    lines = [f"Model `{report['model']}`; reward p(goal|frame) vs {report['num_negatives']} negatives (capped "
-             "by task set); " + (f"labelled frames `{report['data']}`." if "data" in report else
+    n = report["num_negatives"]
+    lines = [f"Model `{report['model']}`; reward p(goal|frame) vs "
+             + ("the whole task set; " if n is None else f"{n} negatives (capped by task set); ") + (f"labelled frames `{report['data']}`." if "data" in report else
                                  "held-out test seeds."), "",
              "| family | goals | N | frames | positives | AP | ROC-AUC | best-F1 beta | beta | precision | recall "
              "| TP | FP | TN | FN |", "|" + "---|" * 15]
@@ -311,7 +316,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="a labelled .npz (frames uint8 (N,H,W,3), goals (G,), labels bool (N,G), optional "
                              "negatives) instead of the environments")
-    parser.add_argument("--negatives", type=int, default=8, help="negatives per goal from the task set")
+    parser.add_argument("--negatives", type=int, default=None,
+                        help="negatives per goal sampled from the task set (default: all of it, as vlmreward train)")
     parser.add_argument("--threshold", type=float, default=None, help="beta for confusion (default: best F1)")
     parser.add_argument("--templates", nargs="+", default=["{}"])
     parser.add_argument("--template-ensembling", default="normalized_mean", help="normalized_mean or mean")

@@ -104,6 +104,12 @@ class RewardModel:
             t, b = bank.goal_embeddings.double(), b.double().to(bank.goal_embeddings.device)
             self._t_dot_b, self._t_norm, self._b_norm = t @ b, t.norm(dim=-1), b.norm()  # (G,), (G,), ()
             validate_goal_bank(self._text, self._sets)
+        # every goal's set is the whole task set (GoalBank(..., num_negatives=None), the trainer's default):
+        # eq. 1's denominator is the same for all goals, so scoring every goal needs B x S cosines and one
+        # softmax per frame instead of B x G x (1 + N) terms (2,256 goals: ~2,000x fewer)
+        g, sets = len(bank), bank.goal_sets
+        full = len(bank.strings) == g and sets.shape[1] == g and bool((sets >= 0).all())
+        self._own = torch.arange(len(self._text), device=sets.device)[:, None] if full else None
 
     def __repr__(self):
         return (f"RewardModel(mode={self.mode!r}, threshold={self.threshold}, temperature={self.temperature:.4g}, "
@@ -117,10 +123,13 @@ class RewardModel:
     def __call__(self, frames, goal_ids=None) -> RewardOutput:
         x = as_frames(frames).to(self.model.device)
         ids = None if goal_ids is None else self._check_goal_ids(goal_ids, x.shape[0])
-        kernel_mode = "cosine" if self.mode == "projection" else self.mode
-        out = fused_reward(x, self.model.encode_image, self._text, self._sets, logit_scale=self.logit_scale,
-                           threshold=self.threshold, goal_ids=None if self.mode == "projection" else ids,
-                           mode=kernel_mode, bank_checked=True, **self.model.preprocess_kwargs)
+        if self._own is not None and (ids is None or self.mode == "projection"):
+            out = self._shared_softmax(x)
+        else:
+            kernel_mode = "cosine" if self.mode == "projection" else self.mode
+            out = fused_reward(x, self.model.encode_image, self._text, self._sets, logit_scale=self.logit_scale,
+                               threshold=self.threshold, goal_ids=None if self.mode == "projection" else ids,
+                               mode=kernel_mode, bank_checked=True, **self.model.preprocess_kwargs)
         if self.mode == "binary" and self._fire_check is not None:
             self._check_fires(out.probs, x.shape[0])
         if self.mode != "projection":
@@ -187,6 +196,19 @@ class RewardModel:
             warnings.warn(f"the binary reward fired on every one of the first {seen} frames: the smallest "
                           f"p(goal | frame) seen was {lo:.3f} > beta = {beta}, so every reward was 1. {advice}",
                           RuntimeWarning, stacklevel=3)
+
+    def _shared_softmax(self, x) -> RewardOutput:
+        """All goals of a bank whose every set is the whole task set: the kernel's cosine of each string (its
+        own one-element set), then eq. 1 as one softmax over the goals per frame. Same (B, G) output as the
+        kernel's per-set path (cosines (B, G + 1) with the baseline column in "projection" mode)."""
+        cos = fused_reward(x, self.model.encode_image, self._text, self._own, logit_scale=self.logit_scale,
+                           threshold=self.threshold, mode="cosine", bank_checked=True,
+                           **self.model.preprocess_kwargs).rewards
+        with torch.inference_mode():
+            probs = torch.softmax(self.logit_scale * cos[:, :len(self.bank)], dim=1)
+            rewards = {"binary": lambda: (probs > self.threshold).float(), "probability": lambda: probs,
+                       "cosine": lambda: cos, "projection": lambda: cos}[self.mode]()
+        return RewardOutput(probs, rewards)
 
     def _projection(self, out: RewardOutput, ids) -> RewardOutput:
         g = len(self.bank)

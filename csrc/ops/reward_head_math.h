@@ -51,7 +51,9 @@ VLM_HD double goal_probability(const double* cos, const double* exps, double sca
 VLM_HD float reward_from(int mode, double prob, double goal_cos, double threshold) {
   if (mode == kProbability) return static_cast<float>(prob);
   if (mode == kCosine) return static_cast<float>(goal_cos);
-  return prob > threshold ? 1.f : 0.f;  // eq. 2: strictly greater
+  // eq. 2, strictly greater, on the float32 p the op returns: rewards == (probs > threshold) exactly, also
+  // when a threshold was calibrated to one of those p values
+  return static_cast<double>(static_cast<float>(prob)) > threshold ? 1.f : 0.f;
 }
 
 }  // namespace vlmreward

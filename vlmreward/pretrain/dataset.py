@@ -18,6 +18,9 @@ import torch
 
 #: First environment seed of each split; splits never share a seed (one episode per seed).
 SPLIT_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+#: Bumped whenever the environments draw other frames for the same recipe, so no cache of older frames is reused
+#: (2: household v2 domain; 3: the carried object drawn whole, household.carrying_tile).
+FRAMES_VERSION = 3
 #: Epsilons of the episode policies, cycled over episodes: expert, partly random, random.
 DEFAULT_EPSILONS = (0.0, 0.1, 0.3, 0.6, 1.0)
 
@@ -41,7 +44,8 @@ class DataConfig:
     env_kwargs: dict = field(default_factory=dict)  # per id: gym.make keyword arguments (e.g. {"view": "room"})
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        """Cache key: the recipe and :data:`FRAMES_VERSION`."""
+        blob = json.dumps(dict(asdict(self), frames_version=FRAMES_VERSION), sort_keys=True, default=list).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 

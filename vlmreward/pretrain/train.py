@@ -66,7 +66,8 @@ class PretrainConfig:
                                 "shrinkage whitening of the frozen tower's caption features "
                                 "(vlmreward.pretrain.text.whitening_init); '': open_clip's random init")
     positive_fraction: float = option(0.5, "share of sampled frames (per environment) where a training goal holds")
-    eval_negatives: int = option(8, "validation: negatives per goal (capped by the task set size)")
+    eval_negatives: int | None = option(None, "validation: negatives per goal sampled from the task set "
+                                              "(default: all of it, as vlmreward train and evaluate; v1-v5: 8)")
     max_val_frames: int = option(4000, "validation on an evenly strided subset (keeps epochs short)")
     data_scale: float = option(1.0, "multiplies the default recipe's episode counts")
     max_captions: int = option(768, "captions scored per step: those that hold on the batch + a random sample")
@@ -92,7 +93,8 @@ class PretrainConfig:
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "warmup_steps", "num_negatives", "num_queries",
                      "eval_negatives", "threads"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(value is None and name == "eval_negatives" or value >= 1, f"{name} must be >= 1, got {value}")
         require(0.0 < self.positive_fraction < 1.0,
                 f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         require(self.data_scale > 0, f"data_scale must be > 0, got {self.data_scale}")
@@ -186,7 +188,8 @@ def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction
 
 
 @torch.no_grad()
-def validate(model, model_name: str, ds: FrameDataset, num_negatives: int, seed: int = 0, wordings: int = 2) -> dict:
+def validate(model, model_name: str, ds: FrameDataset, num_negatives: int | None, seed: int = 0,
+             wordings: int = 2) -> dict:
     """Average precision of the paper's reward probability (eq. 1), per environment: training goals, held-out
     goals, and the training goals in the first ``wordings`` evaluation-only wordings:
     {family: {"ap_train", "ap_heldout", "ap_eval:0", ...}} (NaN without both classes).
