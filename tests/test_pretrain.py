@@ -217,28 +217,6 @@ def test_caption_encoder_equals_encode_text_for_frozen_minilm():
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_whitening_init_decorrelates_caption_features_and_needs_a_linear_projection():
-    from vlmreward.pretrain.text import CaptionEncoder, whitening_init
-    name = "VLMR-ConvMixer-256-4-84-MiniLM-linear"
-    model = models.build_model(name)
-    caps = [[f"go to the {c} {t}", f"find the {c} {t}"] for c in ("red", "blue", "grey", "white", "green")
-            for t in ("ball", "key", "box", "cup", "ring", "book", "hat", "shoe", "lamp", "pen", "mug", "sock",
-                      "vase", "bowl")]
-    enc = CaptionEncoder(model, name, caps)
-    whitening_init(model, enc)
-    x = enc.features.reshape(-1, enc.features.shape[-1]).double()
-    lam = torch.linalg.eigvalsh(x.T @ x / len(x)).flip(0)  # independent of the init's own decomposition
-    z = x @ model.text.proj.weight.double().T  # (N, 128)
-    m = z.T @ z / len(z)
-    k = model.text.proj.out_features
-    want = lam[:k] / (lam[:k] + lam.mean())
-    torch.testing.assert_close(torch.diagonal(m), want, atol=1e-6, rtol=1e-4)  # each component's share
-    assert (m - torch.diag(torch.diagonal(m))).abs().max() < 1e-6  # and decorrelated
-    mlp = models.build_model("VLMR-ConvMixer-256-4-84-MiniLM")
-    with pytest.raises(ValueError, match="linear"):
-        whitening_init(mlp, CaptionEncoder(mlp, "VLMR-ConvMixer-256-4-84-MiniLM", caps))
-
-
 def _classic_only(ds):
     """The classic-control frames of a dataset (visually coarse goals a tiny model learns in a minute)."""
     keep = ds.env_index > 0

@@ -63,26 +63,3 @@ class CaptionEncoder(torch.nn.Module):
         emb = self.model.text.proj(x) if self.frozen else self.model.encode_text(x)
         return F.normalize(emb, dim=-1)
 
-
-@torch.no_grad()
-def whitening_init(model, captions: CaptionEncoder) -> None:
-    """Set a linear text projection to the shrinkage whitening of the cached caption features.
-
-    ``W = diag((lambda_i + mean(lambda))^-1/2) U^T`` over the top ``embed_dim`` eigenvectors ``U`` of the
-    features' (uncentred) second moment: the main directions of variation (colour, object type, verb) start at
-    comparable scale instead of being dwarfed by the direction all captions share. A linear map keeps the
-    frozen tower's near-additive geometry (emb("orange ring") ~ a combination of trained captions' embeddings);
-    an MLP may bend it. Raises ValueError unless ``model.text.proj`` is a bias-free ``nn.Linear`` over frozen
-    features (architecture with ``"hf_proj_type": "linear"``).
-    """
-    proj = getattr(getattr(model, "text", None), "proj", None)
-    if not (captions.frozen and isinstance(proj, torch.nn.Linear) and proj.bias is None):
-        raise ValueError("text_init 'whiten' needs a frozen pretrained text tower with a linear projection "
-                         "(hf_proj_type 'linear')")
-    x = captions.features.reshape(-1, captions.features.shape[-1]).double()
-    eigval, eigvec = torch.linalg.eigh(x.T @ x / len(x))  # ascending
-    k = proj.out_features
-    if k > len(eigval):
-        raise ValueError(f"projection to {k} dims from {len(eigval)}-dim features cannot be a whitening")
-    top, vecs = eigval.flip(0)[:k], eigvec.flip(1)[:, :k]
-    proj.weight.copy_(((top + eigval.mean()).rsqrt()[:, None] * vecs.T).to(proj.weight.dtype))

@@ -38,7 +38,7 @@ from vlmreward.pretrain.captions import attribute_captions, training_captions
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
-from vlmreward.pretrain.text import CaptionEncoder, whitening_init
+from vlmreward.pretrain.text import CaptionEncoder
 
 DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
 
@@ -62,9 +62,6 @@ class PretrainConfig:
     attribute_captions: bool = option(True, "also train partial goals ('go to the red object', 'go to the key') "
                                             "in the contrastive and sigmoid terms (v1-2: off)")
     init: str = option("", "warm start: a hub directory (e.g. vlmreward/assets/default) to load first")
-    text_init: str = option("", "'whiten': a linear text projection (hf_proj_type 'linear') starts as the "
-                                "shrinkage whitening of the frozen tower's caption features "
-                                "(vlmreward.pretrain.text.whitening_init); '': open_clip's random init")
     positive_fraction: float = option(0.5, "share of sampled frames (per environment) where a training goal holds")
     eval_negatives: int | None = option(None, "validation: negatives per goal sampled from the task set "
                                               "(default: all of it, as vlmreward train and evaluate; v1-v5: 8)")
@@ -101,7 +98,6 @@ class PretrainConfig:
         from vlmreward.envs.household import VIEWS
         require(self.view in ("", *VIEWS), f"view must be '' or one of {VIEWS}, got {self.view!r}")
         require(self.max_captions >= 2, f"max_captions must be >= 2, got {self.max_captions}")
-        require(self.text_init in ("", "whiten"), f"text_init must be '' or 'whiten', got {self.text_init!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -333,8 +329,6 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     goals, labels_all, env_cand = caption_targets(train_ds, train_cols, cfg.attribute_captions)
     n_goals = len(train_cols)  # caption columns [0, n_goals) are goals; after them, partial goals (no reward term)
     captions = CaptionEncoder(model, cfg.model, training_captions(goals))
-    if cfg.text_init == "whiten":
-        whitening_init(model, captions)
     env_all = torch.from_numpy(train_ds.env_index)
     weights = sampling_weights(train_ds, train_cols, cfg.positive_fraction, cfg.env_weights,
                                exclude=None if cfg.heldout_states else heldout_state_rows(train_ds))
