@@ -206,8 +206,8 @@ class RewardModel:
                            **self.model.preprocess_kwargs).rewards
         with torch.inference_mode():
             probs = torch.softmax(self.logit_scale * cos[:, :len(self.bank)], dim=1)
-            rewards = {"binary": lambda: (probs > self.threshold).float(), "probability": lambda: probs,
-                       "cosine": lambda: cos, "projection": lambda: cos}[self.mode]()
+            rewards = ((probs > self.threshold).float() if self.mode == "binary"
+                       else probs if self.mode == "probability" else cos)  # cosine / projection: the cosines
         return RewardOutput(probs, rewards)
 
     def _projection(self, out: RewardOutput, ids) -> RewardOutput:

@@ -62,4 +62,3 @@ class CaptionEncoder(torch.nn.Module):
         x = self.features[rows, wording_index]
         emb = self.model.text.proj(x) if self.frozen else self.model.encode_text(x)
         return F.normalize(emb, dim=-1)
-

@@ -8,7 +8,6 @@ The numbers of docs/results/training.md's 200-episode columns come from this com
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import torch
@@ -28,8 +27,7 @@ def evaluate_checkpoint(checkpoint, episodes: int = 200, seed: int = 12345, thre
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     state = load_checkpoint(checkpoint)
-    names = {f.name for f in dataclasses.fields(Args)}
-    args = Args(**{k: v for k, v in state["meta"]["args"].items() if k in names})
+    args = Args(**state["meta"]["args"])  # as ppo.train's resume reads them
     torch.set_num_threads(threads)
     task = Task(args, torch.device("cpu"))
     agent = build_agent(state)
