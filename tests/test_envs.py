@@ -462,3 +462,48 @@ def test_household_frames_draw_the_carried_object_with_carrying_tile(view):
     assert frame.shape == (84, 84, 3) and (frame[y * t:(y + 1) * t, x * t:(x + 1) * t] == tile).all()
     env.carrying = None
     assert (env._draw(view) != frame).any()
+
+
+def _face(base, pair):
+    """Puts the agent on a free cell facing the floor object ``pair``; returns False when no side is free."""
+    x, y = base._find(pair)
+    for d, (dx, dy) in enumerate(((1, 0), (0, 1), (-1, 0), (0, -1))):
+        if base.grid.get(x - dx, y - dy) is None:
+            base.agent_pos, base.agent_dir = (x - dx, y - dy), d
+            return True
+    return False
+
+
+@pytest.mark.parametrize("family", ["lift", "pickplace"])
+def test_max_attempts_ends_the_episode_at_the_first_commit_right_or_wrong(family):
+    from vlmreward.wrappers import NoSuccessTermination
+
+    env_id = {"lift": "vlmreward/Lift-v0", "pickplace": "vlmreward/PickPlace-v0"}[family]
+    # right: the expert's first commit succeeds and spends the attempt; under a VLM reward the termination stays
+    env = NoSuccessTermination(gym.make(env_id, max_attempts=1, **SMALL))
+    for seed in range(3):
+        env.reset(seed=seed)
+        done, info = False, {}
+        while not done:
+            _, _, terminated, truncated, info = env.step(expert_action(env))
+            done = terminated or truncated
+        assert terminated and info["success"] and info["attempts_spent"]
+    # wrong: a distractor picked (Lift) or dropped (PickPlace) ends the episode without success
+    for limit in (1, None):
+        env = gym.make(env_id, max_attempts=limit, **SMALL)
+        base = env.unwrapped
+        env.reset(seed=5)
+        goal_pairs = set(base._specs[base.goal])
+        wrong = next(p for p in PAIRS if p not in goal_pairs and base._find(p) is not None and _face(base, p))
+        _, _, terminated, _, info = env.step(PICKUP)
+        assert base.carrying is not None and (base.carrying.color, base.carrying.type) == wrong
+        if family == "pickplace":
+            assert not terminated and not info["attempts_spent"]  # a pickup is no PickPlace attempt
+            _, _, terminated, _, info = env.step(DROP)
+            assert base.carrying is None
+        assert info["success"] == base.goal_success(base.goal)
+        assert info["attempts_spent"] == (limit is not None) and terminated == (limit is not None or info["success"])
+    with pytest.raises(ValueError, match="max_attempts"):
+        gym.make("vlmreward/Find-v0", max_attempts=1)
+    with pytest.raises(ValueError, match="max_attempts"):
+        gym.make(env_id, max_attempts=0)

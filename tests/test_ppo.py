@@ -211,7 +211,10 @@ def test_episode_end_defaults(tiny_clip_dir):
     assert find.env_kwargs == {"frame_size": 64}  # rendered at the reward model's input size
     assert cart.env_kwargs == {}
     assert set(find.train_goals).isdisjoint(find.heldout_goals) and find.reward_model is not None
-
+    lift = Task(ppo.Args(env_id="vlmreward/Lift-v0", model=str(tiny_clip_dir), max_attempts=1), cpu)
+    assert lift.env_kwargs == {"frame_size": 64, "max_attempts": 1}
+    with pytest.raises(ValueError, match="max-attempts"):
+        Task(ppo.Args(env_id="vlmreward/CartPoleUpright-v0", model=str(tiny_clip_dir), max_attempts=1), cpu)
 
 
 def test_goal_attention_agent_depends_on_the_goal():
@@ -293,6 +296,20 @@ def test_hindsight_run_relabels_and_logs(tmp_path):
     assert np.isfinite(metrics["losses/hindsight_bc"][1]).all()
     with pytest.raises(ValueError, match="hindsight"):
         ppo.check_args(ppo.Args(hindsight_coef=-1.0))
+
+
+def test_hindsight_onset_relabels_only_achievements_of_the_actions(tmp_path):
+    """PickPlace on ground truth, one rollout (the same actions with and without --hindsight-onset): a pair that
+    stays adjacent over many frames (most of them from the start) is relabelled on every frame without onset and
+    once with it, so onset gives strictly fewer examples, and some remain (the first frame of each episode)."""
+    examples = {}
+    for onset in (False, True):
+        args = ppo.Args(env_id="vlmreward/PickPlace-v0", reward="gt", num_envs=4, num_steps=32, total_timesteps=128,
+                        eval_interval=0, eval_episodes=0, progress=False, max_episode_steps=16, frame_size=56,
+                        hindsight_coef=1.0, hindsight_onset=onset, run_dir=str(tmp_path / str(onset)))
+        ppo.train(args)
+        examples[onset] = runlog.read_metrics(tmp_path / str(onset) / "metrics.csv")["hindsight/examples"][1].sum()
+    assert 0 < examples[True] < examples[False]
 
 
 def test_enjoy_on_a_per_step_domain_records_whole_episodes(tmp_path, tiny_clip_dir):

@@ -133,6 +133,8 @@ def _cli_error(capsys, argv):
     (["train", "--config", "no-such-config"], "config file not found"),
     (["enjoy", "missing-run/checkpoint.pt"], "checkpoint not found"),
     (["evaluate-agent", "missing-run"], "checkpoint not found"),
+    (["evaluate-agent", "missing-run", "--max-attempts", "once"], "integer >= 1 or 'none'"),
+    (["train", "--env-id", "vlmreward/Lift-v0", "--max-attempts", "0"], "max_attempts must be None or >= 1"),
     (["pretrain", "--epoch", "2"], "--epoch"),
     (["pretrain", "--precision", "fp8"], "precision"),
 ])

@@ -393,11 +393,13 @@ class NoSuccessTermination(gym.Wrapper):
     """Drops an environment's own termination on ground-truth success (``info["success"]``; the household
     environments end episodes there), so that under a VLM reward episodes end on VLM success or timeout only
     (Baumli et al.): ground truth never reaches training through termination. Apply it below the VLM wrapper
-    (e.g. ``gym.make_vec(..., wrappers=[NoSuccessTermination])``)."""
+    (e.g. ``gym.make_vec(..., wrappers=[NoSuccessTermination])``). A termination the goal does not decide
+    (``info["attempts_spent"]``, household ``max_attempts``) is kept, success or not."""
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated and not info.get("success", False), truncated, info
+        own = info.get("success", False) and not info.get("attempts_spent", False)
+        return obs, reward, terminated and not own, truncated, info
 
 
 class EpisodeStatistics(VectorWrapper):

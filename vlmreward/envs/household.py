@@ -177,6 +177,11 @@ class HouseholdEnv(RoomGrid):
         view: "room" (the whole room from above) or "egocentric" (MiniGrid's 7 x 7 agent view, rotated so
             that the agent faces up).
         max_steps: episode length before truncation.
+        max_attempts: None (the paper's task: pick and drop freely) or n >= 1: the episode ends (terminated,
+            ``info["attempts_spent"]`` True) at the n-th pickup (Lift) or drop (PickPlace), right or wrong. The
+            rule knows no goal, so it tells a VLM-rewarded learner nothing of the ground truth; it makes a
+            wrong pick final (a learning aid: success within n attempts is a lower bound on success with
+            free attempts, same goals). Find has no pickup: ValueError.
         goal_pool: goals that ``reset`` samples from (default ``train_goals``).
         render_mode: None or "rgb_array": ``render()`` returns the room from above (the observation frame itself
             when ``view="room"``), so a reward model can score the room while the agent observes its own view.
@@ -191,7 +196,7 @@ class HouseholdEnv(RoomGrid):
 
     def __init__(self, family: str = "find", *, grid_size: int = 7, frame_size: int = 224, num_objects: int = 5,
                  view: str = "room", max_steps: int | None = None, goal_pool=None,
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, max_attempts: int | None = None):
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
         if render_mode not in (None, "rgb_array"):
@@ -205,7 +210,12 @@ class HouseholdEnv(RoomGrid):
         if not 2 <= num_objects <= min(len(PAIRS), (grid_size - 2) ** 2 // 3):
             raise ValueError(f"num_objects must be in [2, {(grid_size - 2) ** 2 // 3}] for grid_size {grid_size}, "
                              f"got {num_objects}")
+        if max_attempts is not None and (family == "find" or int(max_attempts) < 1):
+            raise ValueError(f"max_attempts must be None or >= 1, and Find has no pickup; got {max_attempts!r} "
+                             f"for family {family!r}")
         self.family = family
+        self.max_attempts = None if max_attempts is None else int(max_attempts)
+        self.attempts = 0
         self.view = view
         self.frame_size = int(frame_size)
         self.num_objects = int(num_objects)
@@ -283,7 +293,8 @@ class HouseholdEnv(RoomGrid):
         else:
             self._next_goal = None
         obs, _ = super().reset(seed=seed)
-        return obs, {"goal": self.goal, "success": False}
+        self.attempts = 0
+        return obs, {"goal": self.goal, "success": False, "attempts_spent": False}
 
     def _gen_grid(self, width, height):
         goal = self._next_goal or self.goal_pool[int(self.np_random.integers(len(self.goal_pool)))]
@@ -322,10 +333,17 @@ class HouseholdEnv(RoomGrid):
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
+        held = self.carrying
         obs, _, _, truncated, _ = super().step(int(action))
+        # an attempt: what the agent holds changed by its own pickup (Lift) or drop (PickPlace)
+        commit = PICKUP if self.family == "lift" else DROP
+        if int(action) == commit and held is not self.carrying:
+            self.attempts += 1
+        spent = self.max_attempts is not None and self.attempts >= self.max_attempts
         success = self.goal_success(self.goal)
         reward = self._reward() if success else 0.0
-        return obs, float(reward), success, truncated, {"goal": self.goal, "success": success}
+        return obs, float(reward), success or spent, truncated, {"goal": self.goal, "success": success,
+                                                                  "attempts_spent": spent}
 
     # ----- randomised states (datasets) ------------------------------------------------------------------
     def sample_states(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

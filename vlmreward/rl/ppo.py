@@ -77,6 +77,8 @@ class Args:
     frame_source: str = option("auto", "the frame the VLM scores: 'observation', 'render' (household domains: the "
                                        "room from above, also under --view egocentric) or 'auto' (the observation "
                                        "when it is a frame)")
+    max_attempts: int | None = option(None, "household Lift / PickPlace: the episode ends at this many pickups / "
+                                            "drops, right or wrong (None: never; the environment's max_attempts)")
     frame_size: int | None = option(None, "side of the household domains' RGB frames (default: the reward model's "
                                       "input size: no resize in the reward)")
     # --- agent ---
@@ -112,6 +114,9 @@ class Args:
                                      "(0: off)")
     hindsight_window: int = option(4, "steps before an achieved goal whose actions are relabelled with it")
     hindsight_decay: float = option(0.7, "weight decay per step back from the achieved goal")
+    hindsight_onset: bool = option(False, "relabel only frames where a goal BECOMES rewarded (not rewarded on the "
+                                          "episode's frame before): a relation that already held, e.g. two "
+                                          "objects adjacent from the start, is no achievement of the actions")
     # --- evaluation, logging, checkpoints ---
     eval_interval: int = option(10, "evaluate every this many iterations (0: only at the end)")
     eval_episodes: int = option(24, "evaluation episodes on training goals and on held-out goals each")
@@ -134,6 +139,8 @@ class Args:
         require(self.frame_source in FRAME_SOURCES,
                 f"frame_source must be one of {FRAME_SOURCES}, got {self.frame_source!r}")
         require(self.view is None or self.view in VIEWS, f"view must be one of {VIEWS}, got {self.view!r}")
+        require(self.max_attempts is None or self.max_attempts >= 1,
+                f"max_attempts must be None or >= 1, got {self.max_attempts}")
         require(0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}")
         require(self.reward_mode in MODES, f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
         require(self.reward_mode != "projection" or bool(self.baseline),
@@ -389,6 +396,7 @@ def train(args: Args) -> dict:
     next_x, next_goal = agent.prepare(raw), goal_ids.to(device)
     next_done = torch.zeros(B, dtype=torch.bool, device=device)  # previous transition ended: a reset step next
     buf = Rollout(T, B, next_x, len(hindsight_ids), device)
+    before = torch.zeros(B, len(hindsight_ids), dtype=torch.bool)  # rewarded on the episode's previous frame
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
     t0, steps0, fired, prob_max = time.time(), global_step, 0.0, 0.0
     check_fires = args.reward_mode == "binary" and task.reward_model is not None  # FIRE_CHECK_ROLLOUTS
@@ -413,7 +421,9 @@ def train(args: Args) -> dict:
             buf.terminated[step] = torch.as_tensor(term, dtype=torch.float32, device=device)
             buf.ended[step] = torch.as_tensor(done, dtype=torch.float32, device=device)
             if hindsight_ids:
-                buf.achieved[step] = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids))
+                now = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids))
+                buf.achieved[step] = now & ~before if args.hindsight_onset else now
+                before = now & ~torch.from_numpy(done)[:, None]
             if check_fires and iteration < start_iteration + FIRE_CHECK_ROLLOUTS:
                 live = ~next_done.cpu().numpy()
                 fired += float(np.sum(np.where(live, infos["vlm_reward"], 0.0)))

@@ -44,6 +44,8 @@ class Task:
         probe.close()
         if args.view is not None and not hasattr(base, "view"):
             raise ValueError(f"{args.env_id} has no views: --view applies to the household domains")
+        if args.max_attempts is not None and not hasattr(base, "max_attempts"):
+            raise ValueError(f"{args.env_id} has no attempts: --max-attempts applies to household Lift / PickPlace")
         self.reward_model = self.bank = None
         self.terminate_on_success = (ends_on_success(base) if args.terminate_on_success is None
                                      else args.terminate_on_success)
@@ -96,6 +98,8 @@ def _env_kwargs(args, frame_size: int | None) -> dict:
         kwargs["frame_size"] = frame_size
     if args.view is not None:
         kwargs["view"] = args.view
+    if args.max_attempts is not None:
+        kwargs["max_attempts"] = args.max_attempts
     return kwargs
 
 
