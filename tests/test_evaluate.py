@@ -12,6 +12,7 @@ from vlmreward.evaluation import GROUPS, evaluate_reward_model as evaluate
 from vlmreward.models import DEFAULT_MODEL_DIR
 
 CARTPOLE = "vlmreward/CartPoleUpright-v0"
+MOUNTAINCAR = "vlmreward/MountainCarFlag-v0"
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,16 @@ def test_default_negatives_are_the_whole_task_set_the_trainer_uses(tiny_clip_dir
         t = F.normalize(vlm.encode_text(task).double(), dim=-1)
     p = torch.softmax(vlm.logit_scale * x @ t.T, dim=1).numpy()  # (frames, goals); all CartPole goals train
     np.testing.assert_allclose(raw["probs"], p.ravel(), atol=1e-4)
+    # --negatives-from: another environment's task set joins the softmax's denominator
+    more = list(gym.make(MOUNTAINCAR).unwrapped.task_set)
+    r = evaluate(str(tiny_clip_dir), CARTPOLE, scale=0.1, data_dir=out / "data", progress=False, return_scores=True,
+                 negatives_from=[MOUNTAINCAR])
+    with torch.no_grad():
+        t = F.normalize(vlm.encode_text(task + more).double(), dim=-1)
+    p = torch.softmax(vlm.logit_scale * x @ t.T, dim=1)[:, :len(task)].numpy()
+    np.testing.assert_allclose(r["scores"][CARTPOLE]["train"]["probs"], p.ravel(), atol=1e-4)
+    assert r["results"][CARTPOLE]["train"]["num_negatives"] == len(task) + len(more) - 1
+    assert MOUNTAINCAR in r["table"] and r["negatives_from"] == [MOUNTAINCAR]
 
 
 def test_bad_input(tiny_clip_dir, tmp_path):
@@ -101,6 +112,8 @@ def test_bad_input(tiny_clip_dir, tmp_path):
         evaluate(str(tiny_clip_dir), CARTPOLE, num_negatives=0, progress=False)
     with pytest.raises(ValueError, match="threshold"):
         evaluate(str(tiny_clip_dir), CARTPOLE, threshold=1.5, progress=False)
+    with pytest.raises(ValueError, match="no language goals"):
+        evaluate(str(tiny_clip_dir), CARTPOLE, negatives_from=["CartPole-v1"], data_dir=tmp_path, progress=False)
     bad = tmp_path / "corrupt"
     bad.mkdir()
     (bad / "open_clip_config.json").write_text((tiny_clip_dir / "open_clip_config.json").read_text())

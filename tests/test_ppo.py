@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -211,8 +212,14 @@ def test_episode_end_defaults(tiny_clip_dir):
     assert find.env_kwargs == {"frame_size": 64}  # rendered at the reward model's input size
     assert cart.env_kwargs == {}
     assert set(find.train_goals).isdisjoint(find.heldout_goals) and find.reward_model is not None
-    lift = Task(ppo.Args(env_id="vlmreward/Lift-v0", model=str(tiny_clip_dir), max_attempts=1), cpu)
+    lift = Task(ppo.Args(env_id="vlmreward/Lift-v0", model=str(tiny_clip_dir), max_attempts=1,
+                         negatives_from=["vlmreward/Find-v0"]), cpu)
     assert lift.env_kwargs == {"frame_size": 64, "max_attempts": 1}
+    find_goals = gym.make("vlmreward/Find-v0").unwrapped.task_set
+    assert lift.bank.goals == list(lift.task_set) and set(lift.bank.strings[len(lift.task_set):]) == set(find_goals)
+    assert lift.bank.goal_sets.shape == (48, 96) and (lift.bank.goal_sets >= 0).all()  # goal + 47 + 48 negatives
+    with pytest.raises(ValueError, match="no language goals"):
+        Task(ppo.Args(env_id="vlmreward/Lift-v0", model=str(tiny_clip_dir), negatives_from=["CartPole-v1"]), cpu)
     with pytest.raises(ValueError, match="max-attempts"):
         Task(ppo.Args(env_id="vlmreward/CartPoleUpright-v0", model=str(tiny_clip_dir), max_attempts=1), cpu)
 
@@ -367,3 +374,22 @@ def test_reward_mode_arguments_are_checked():
         ppo.check_args(ppo.Args(reward_mode="projection"))
     with pytest.raises(ValueError, match="alpha"):
         ppo.check_args(ppo.Args(reward_mode="projection", baseline=["a pole"], alpha=2.0))
+
+
+def test_ground_truth_achievements_read_the_task_labels_as_goal_success_does():
+    """achieved_goals on ground truth takes one task_labels scan per room; it equals the per-goal goal_success."""
+    from vlmreward.rl.task import Task, achieved_goals, make_envs
+    args = ppo.Args(env_id="vlmreward/PickPlace-v0", reward="gt", frame_size=56, hindsight_coef=1.0)
+    task = Task(args, torch.device("cpu"))
+    envs = make_envs(task, 3, task.train_goals)
+    ids = [task.goal_id(g) for g in task.train_goals]
+    envs.reset(seed=0)
+    rng, positives = np.random.default_rng(0), 0
+    for _ in range(20):
+        _, _, _, _, infos = envs.step(rng.integers(0, task.num_actions, 3))
+        got = achieved_goals(task, envs, infos, ids)
+        slow = np.stack([envs.unwrapped.call("goal_success", task.bank.goals[g]) for g in ids], axis=1)
+        assert got.shape == (3, len(ids)) and np.array_equal(got, slow)
+        positives += int(got.sum())
+    assert task.has_task_labels and positives > 0  # pairs side by side occur (from the start, or dropped)
+    envs.close()

@@ -85,14 +85,16 @@ def test_binary_and_probability_match_reference(model, frames):
     torch.testing.assert_close(cos.rewards.double(), cos_ref[:, :len(GOALS)], atol=0.01, rtol=0)
 
 
-def test_a_bank_over_the_whole_task_set_scores_every_goal_as_the_per_set_kernel(model, frames):
-    """Every goal's set = the whole task set (the trainer's default bank): one softmax per frame over all goals
-    gives what the kernel's per-set path and the float64 reference give, in every mode and with goal_ids."""
+@pytest.mark.parametrize("goals", [len(TASK_SET), 2])
+def test_a_bank_over_the_whole_task_set_scores_every_goal_as_the_per_set_kernel(model, frames, goals):
+    """Every goal's set = every string of the bank (the trainer's default bank; with 2 goals, the rest of the
+    task set are negatives only, as --negatives-from): one softmax per frame over the strings gives what the
+    kernel's per-set path and the float64 reference give, in every mode and with goal_ids."""
     from vlmreward.ops import fused_reward
-    bank = GoalBank(model, TASK_SET, templates=TEMPLATES)  # negatives: all other goals
-    assert bank.goal_sets.shape == (len(TASK_SET), len(TASK_SET))
+    bank = GoalBank(model, TASK_SET[:goals], templates=TEMPLATES, negatives=TASK_SET)
+    assert bank.goal_sets.shape == (goals, len(TASK_SET)) and RewardModel(model, bank)._own is not None
     probs_ref, cos_ref = reference(model, frames, bank.strings, bank.goal_sets, model.logit_scale)
-    ids = torch.arange(len(frames)) % len(TASK_SET)
+    ids = torch.arange(len(frames)) % goals
     rows = torch.arange(len(frames))
     for mode in ("binary", "probability", "cosine"):
         rm = RewardModel(model, bank, mode=mode, threshold=0.3)
@@ -105,7 +107,12 @@ def test_a_bank_over_the_whole_task_set_scores_every_goal_as_the_per_set_kernel(
         torch.testing.assert_close(out.probs.double(), probs_ref, atol=PROB_TOL, rtol=0)
         one = rm(frames, ids)
         torch.testing.assert_close(one.probs, out.probs[rows, ids], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(out.rewards.double(), cos_ref, atol=0.01, rtol=0)  # cosine mode: the cosines
+    torch.testing.assert_close(out.rewards.double(), cos_ref[:, :goals], atol=0.01, rtol=0)  # cosine mode
+    # projection does not depend on the negatives: the same goals without extra negatives give the same rewards
+    alone = GoalBank(model, TASK_SET[:goals], templates=TEMPLATES)
+    kw = dict(mode="projection", baseline=["a photo"], alpha=0.5)
+    torch.testing.assert_close(RewardModel(model, bank, **kw)(frames).rewards,
+                               RewardModel(model, alone, **kw)(frames).rewards, atol=1e-5, rtol=0)
 
 
 def test_temperature(model, frames):

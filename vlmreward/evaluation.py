@@ -66,7 +66,7 @@ def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int | None, te
 
 
 def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), template_ensembling="normalized_mean",
-                   seed: int = 0, wordings: int | None = 0, progress=None) -> dict:
+                   seed: int = 0, wordings: int | None = 0, progress=None, negatives_from=()) -> dict:
     """Scores of a :class:`~vlmreward.pretrain.dataset.FrameDataset`, per environment and goal group.
 
     Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1;
@@ -75,8 +75,10 @@ def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), tem
     "eval:<k>" for the first ``wordings`` evaluation-only wordings (None: all): the training goals AND their
     negatives all said in wording k (:func:`vlmreward.envs.language.reword`), so a goal competes with its
     negatives in one phrasing. "wording": the group's first goal as scored. ``progress``: called once per
-    scored goal set.
+    scored goal set. ``negatives_from``: env ids whose task sets join every environment's negatives (not its own;
+    said in the group's wording too), as ``vlmreward train --negatives-from``.
     """
+    from vlmreward.envs import task_sets
     from vlmreward.envs.language import num_wordings, reword
     out = {}
     for e, env_id in enumerate(ds.env_ids):
@@ -85,20 +87,23 @@ def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), tem
         task = [ds.goals[c] for c in cols]
         is_train = ds.train_goal_mask[cols]
         labels = ds.labels[rows][:, cols]
-        n = len(task) - 1 if num_negatives is None else min(int(num_negatives), len(task) - 1)
+        extra = task_sets(negatives_from, task)
+        pool = len(task) + len(extra) - 1
+        n = pool if num_negatives is None else min(int(num_negatives), pool)
         kw = dict(num_negatives=n, templates=templates, template_ensembling=template_ensembling, seed=seed)
         n_eval = max(num_wordings(g, "eval") for g in task)
         n_eval = n_eval if wordings is None else min(n_eval, int(wordings))
-        sets = [("probs", task)] + [(f"eval:{k}", [reword(g, k) for g in task]) for k in range(n_eval)]
+        sets = [("probs", task, extra)] + [(f"eval:{k}", [reword(g, k) for g in task], [reword(g, k) for g in extra])
+                                           for k in range(n_eval)]
         probs = {}
-        for key, goals in sets:
-            probs[key] = (reward_probs(vlm, ds.frames[rows], goals, negatives=goals, **kw) if rows.any()
+        for key, goals, more in sets:
+            probs[key] = (reward_probs(vlm, ds.frames[rows], goals, negatives=goals + more, **kw) if rows.any()
                           else np.zeros((0, len(goals))))
             if progress is not None:
                 progress()
         groups = [("train", "probs", is_train), ("heldout", "probs", ~is_train)]
-        groups += [(key, key, is_train) for key, _ in sets[1:]]
-        words = dict(sets)
+        groups += [(key, key, is_train) for key, *_ in sets[1:]]
+        words = {key: goals for key, goals, _ in sets}
         out[env_id] = {group: {"probs": probs[key][:, m].ravel(), "labels": labels[:, m].ravel(),
                                "goals": int(m.sum()), "frames": int(rows.sum()), "num_negatives": n,
                                "wording": next((w for w, keep in zip(words[key], m) if keep), None)}
@@ -179,7 +184,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
                           out: str | Path | None = None, data_dir: str | Path = "data/evaluate",
                           device: str = "cpu", image_size: int | None = None, resize_mode: str | None = None,
                           interpolation: str | None = None, view: str = "", progress: bool = True,
-                          return_scores: bool = False) -> dict:
+                          return_scores: bool = False, negatives_from=()) -> dict:
     """Evaluate a reward model offline on labelled frames: registered environments' test seeds, or ``data``.
 
     Args:
@@ -199,6 +204,8 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         data_dir: cache of the generated test frames (environments only).
         image_size, resize_mode, interpolation: preprocess overrides of :func:`vlmreward.load_model`.
         view: household frames, "egocentric" or "room" ("" = the environments' default).
+        negatives_from: env ids whose task sets join every environment's negatives (environments only; as
+            ``vlmreward train --negatives-from``).
         return_scores: also return the raw (probs, labels) arrays under "scores" (not written to JSON).
     Returns:
         {"model", "identity", "num_negatives", "results": {family key: {group: metrics dict}}, "table":
@@ -223,6 +230,11 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
             raise ValueError(f"unknown environment id(s) {unknown}; choose from {list(envs.ENV_IDS)}")
     if num_negatives is not None and int(num_negatives) < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    negatives_from = [negatives_from] if isinstance(negatives_from, str) else list(negatives_from or ())
+    if negatives_from and data is not None:
+        raise ValueError("negatives_from applies to the environments' test frames, not to data (put the extra "
+                         "negatives in the file's negatives array)")
+    envs.task_sets(negatives_from)  # unknown ids / no language goals: raise before any frames are generated
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     labelled = None if data is None else load_labelled_frames(data)
@@ -232,7 +244,8 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
               seed=seed)
     report = {"model": model if pretrained is None else f"{model}:{pretrained}", "identity": vlm.identity,
               "num_negatives": None if num_negatives is None else int(num_negatives), "templates": list(templates),
-              "template_ensembling": template_ensembling, "seed": seed, "preprocess": vlm.preprocess_kwargs}
+              "template_ensembling": template_ensembling, "seed": seed, "preprocess": vlm.preprocess_kwargs,
+              "negatives_from": negatives_from}
     if labelled is not None:
         scores = {Path(data).stem: data_scores(vlm, labelled, **kw)}
         report["data"] = str(data)
@@ -240,7 +253,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         recipe = test_recipe(vlm, env_ids, scale, view)
         ds = load_or_generate(recipe, data_dir, progress)
         with tqdm(desc="evaluate (goal sets)", disable=not progress) as bar:
-            scores = dataset_scores(vlm, ds, wordings=None, progress=bar.update, **kw)
+            scores = dataset_scores(vlm, ds, wordings=None, progress=bar.update, negatives_from=negatives_from, **kw)
         report["data_recipe"] = dataclasses.asdict(recipe)
     report["results"] = {key: {group: group_metrics(s, threshold) for group, s in groups.items()}
                          for key, groups in scores.items()}
@@ -258,10 +271,11 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
 
 def markdown_table(report: dict) -> str:
     """One row per (family, goal group): AP, ROC-AUC, best-F1 beta, N, confusion at beta."""
-    n = report["num_negatives"]
-    lines = [f"Model `{report['model']}`; reward p(goal|frame) vs "
-             + ("the whole task set; " if n is None else f"{n} negatives (capped by task set); ") + (f"labelled frames `{report['data']}`." if "data" in report else
-                                 "held-out test seeds."), "",
+    n, more = report["num_negatives"], report.get("negatives_from")
+    against = "the whole task set" if n is None else f"{n} negatives (capped by task set)"
+    against += f" plus the task sets of {', '.join(more)}; " if more else "; "
+    source = f"labelled frames `{report['data']}`." if "data" in report else "held-out test seeds."
+    lines = [f"Model `{report['model']}`; reward p(goal|frame) vs {against}{source}", "",
              "| family | goals | N | frames | positives | AP | ROC-AUC | best-F1 beta | beta | precision | recall "
              "| TP | FP | TN | FN |", "|" + "---|" * 15]
     for key, res in report["results"].items():
@@ -318,6 +332,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "negatives) instead of the environments")
     parser.add_argument("--negatives", type=int, default=None,
                         help="negatives per goal sampled from the task set (default: all of it, as vlmreward train)")
+    parser.add_argument("--negatives-from", nargs="+", default=(), metavar="ENV",
+                        help="environment ids whose task sets join every environment's negatives (as vlmreward "
+                             "train --negatives-from)")
     parser.add_argument("--threshold", type=float, default=None, help="beta for confusion (default: best F1)")
     parser.add_argument("--templates", nargs="+", default=["{}"])
     parser.add_argument("--template-ensembling", default="normalized_mean", help="normalized_mean or mean")
@@ -343,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, templates=tuple(args.templates), template_ensembling=args.template_ensembling,
         seed=args.seed, scale=args.scale, out=out, data_dir=args.data_dir, device=args.device,
         image_size=args.image_size, resize_mode=args.resize_mode, interpolation=args.interpolation,
-        view=args.view, progress=not args.no_progress)
+        view=args.view, progress=not args.no_progress, negatives_from=args.negatives_from)
     print(report["table"])
     print(f"wrote {out}/evaluation.json, evaluation.md, pr_curves.png")
     return 0

@@ -104,11 +104,11 @@ class RewardModel:
             t, b = bank.goal_embeddings.double(), b.double().to(bank.goal_embeddings.device)
             self._t_dot_b, self._t_norm, self._b_norm = t @ b, t.norm(dim=-1), b.norm()  # (G,), (G,), ()
             validate_goal_bank(self._text, self._sets)
-        # every goal's set is the whole task set (GoalBank(..., num_negatives=None), the trainer's default):
-        # eq. 1's denominator is the same for all goals, so scoring every goal needs B x S cosines and one
-        # softmax per frame instead of B x G x (1 + N) terms (2,256 goals: ~2,000x fewer)
-        g, sets = len(bank), bank.goal_sets
-        full = len(bank.strings) == g and sets.shape[1] == g and bool((sets >= 0).all())
+        # every goal's set holds every string of the bank (GoalBank(..., num_negatives=None), the trainer's
+        # default; extra negatives included): eq. 1's denominator is the same for all goals, so scoring every goal
+        # needs B x K cosines and one softmax per frame instead of B x G x (1 + N) terms (2,256 goals: ~2,000x fewer)
+        sets = bank.goal_sets
+        full = sets.shape[1] == len(bank.strings) and bool((sets >= 0).all())
         self._own = torch.arange(len(self._text), device=sets.device)[:, None] if full else None
 
     def __repr__(self):
@@ -198,16 +198,18 @@ class RewardModel:
                           RuntimeWarning, stacklevel=3)
 
     def _shared_softmax(self, x) -> RewardOutput:
-        """All goals of a bank whose every set is the whole task set: the kernel's cosine of each string (its
-        own one-element set), then eq. 1 as one softmax over the goals per frame. Same (B, G) output as the
-        kernel's per-set path (cosines (B, G + 1) with the baseline column in "projection" mode)."""
+        """All goals of a bank whose every set holds all its K strings: the kernel's cosine of each string (its
+        own one-element set), then eq. 1 as one softmax over the strings per frame, read at the goals (the
+        first G strings). Same (B, G) output as the kernel's per-set path (cosines (B, G + 1) with the
+        baseline column in "projection" mode)."""
         cos = fused_reward(x, self.model.encode_image, self._text, self._own, logit_scale=self.logit_scale,
                            threshold=self.threshold, mode="cosine", bank_checked=True,
                            **self.model.preprocess_kwargs).rewards
+        g, k = len(self.bank), len(self.bank.strings)
         with torch.inference_mode():
-            probs = torch.softmax(self.logit_scale * cos[:, :len(self.bank)], dim=1)
-            rewards = ((probs > self.threshold).float() if self.mode == "binary"
-                       else probs if self.mode == "probability" else cos)  # cosine / projection: the cosines
+            probs = torch.softmax(self.logit_scale * cos[:, :k], dim=1)[:, :g].contiguous()
+            rewards = ((probs > self.threshold).float() if self.mode == "binary" else probs
+                       if self.mode == "probability" else torch.cat([cos[:, :g], cos[:, k:]], 1))  # + baseline
         return RewardOutput(probs, rewards)
 
     def _projection(self, out: RewardOutput, ids) -> RewardOutput:

@@ -84,6 +84,24 @@ def family(env_id: str) -> str:
     return DECLARATIONS[name].family if name in DECLARATIONS else name.split("/")[-1].split("-v")[0]
 
 
+def task_sets(env_ids, exclude=()) -> list[str]:
+    """The goals of the task sets of ``env_ids`` (registered ids with language goals), in order, duplicates and
+    the strings of ``exclude`` left out: extra negatives for another environment's goal bank (e.g. Find's goals
+    describe the Lift frames where nothing is carried). Raises ValueError for an unknown id or an environment
+    without a ``task_set``."""
+    import gymnasium as gym
+
+    out, skip = [], set(exclude)
+    for env_id in env_ids:
+        probe = gym.make(check_env_id(env_id))
+        strings = getattr(probe.unwrapped, "task_set", None)
+        probe.close()
+        if strings is None:
+            raise ValueError(f"{env_id} has no language goals (no task_set) to take negatives from")
+        out += [s for s in strings if s not in skip]
+    return list(dict.fromkeys(out))
+
+
 def reward_style(env) -> str:
     """Declared reward style of an environment instance, an id, or a gymnasium env (goal-reaching by default)."""
     if isinstance(env, str):
@@ -102,4 +120,4 @@ def ends_on_success(env) -> bool:
 
 __all__ = ["DECLARATIONS", "ENV_IDS", "GOAL_REACHING", "HELDOUT_PAIRS", "PER_STEP", "CartPoleUpright",
            "EnvDeclaration", "HouseholdEnv", "MountainCarFlag", "check_env_id", "declaration",
-           "ends_on_success", "expert_action", "family", "reward_style"]
+           "ends_on_success", "expert_action", "family", "reward_style", "task_sets"]

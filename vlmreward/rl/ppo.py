@@ -64,6 +64,9 @@ class Args:
     baseline: list[str] | None = option(None, "baseline prompt(s) of the 'projection' reward, e.g. 'a pole'")
     alpha: float = option(0.5, "projection strength of the 'projection' reward, in [0, 1]")
     num_negatives: int | None = option(None, "negatives per goal, sampled from the task set (None: all others)")
+    negatives_from: list[str] | None = option(None, "environment ids whose task sets join every goal's negatives, "
+                                                    "e.g. vlmreward/Find-v0 for Lift: Find's goals describe the "
+                                                    "frames where nothing is carried")
     templates: list[str] | None = option(None, "prompt templates around each goal, e.g. 'a photo of {}'")
     terminate_on_success: bool | None = option(None, "end episodes on reward 1 (None: as the environment "
                                                      "declares: goal-reaching yes, per-step no)")

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from vlmreward.envs import check_env_id, ends_on_success
+from vlmreward.envs import check_env_id, ends_on_success, task_sets
 from vlmreward.wrappers import EpisodeStatistics, NoSuccessTermination, VectorVLMRewardWrapper
 
 
@@ -24,7 +24,8 @@ class Task:
     """Goals, reward model and environment settings of a training run (``args``: a ``vlmreward.rl.ppo.Args``).
 
     Attributes: ``language`` (the env has language goals), ``task_set`` / ``train_goals`` / ``heldout_goals``
-    (tuples of goal strings), ``bank`` (GoalBank over the task set), ``reward_model`` (RewardModel in 'vlm' mode,
+    (tuples of goal strings), ``bank`` (GoalBank over the task set; negatives: the task set plus those of
+    ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode,
     else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``terminate_on_success`` (VLM success ends an
     episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
     Raises ValueError for an unknown id, a non-Discrete action space, goals outside the task set, or a VLM
@@ -37,6 +38,7 @@ class Task:
         base = probe.unwrapped
         self.args = args
         self.language = hasattr(base, "task_set")
+        self.has_task_labels = hasattr(base, "task_labels")  # ground truth of the whole task set in one call
         self.observation_shape = tuple(probe.observation_space.shape)
         if not isinstance(probe.action_space, gym.spaces.Discrete):
             raise ValueError(f"{args.env_id}: the trainer needs a Discrete action space, got {probe.action_space}")
@@ -79,7 +81,7 @@ class Task:
             frame_size = int(model.preprocess_kwargs["image_size"])
         self.env_kwargs = _env_kwargs(args, frame_size)
         kw = {"templates": tuple(args.templates)} if args.templates else {}
-        self.bank = GoalBank(model, list(self.task_set), negatives=list(self.task_set),
+        self.bank = GoalBank(model, list(self.task_set), negatives=list(self.task_set) + task_sets(args.negatives_from or (), self.task_set),
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
         if args.reward == "vlm":
@@ -139,6 +141,9 @@ def achieved_goals(task: Task, envs, infos, goal_ids: list[int]) -> np.ndarray:
     if task.reward_model is not None:
         return np.asarray(infos["vlm_success_all"])[:, goal_ids]
     goals = [task.bank.goals[g] for g in goal_ids]
+    if task.has_task_labels:  # one scan of each room for the whole task set (PickPlace: thousands of goals)
+        column = {g: k for k, g in enumerate(task.task_set)}
+        return np.stack(envs.unwrapped.call("task_labels"))[:, [column[g] for g in goals]]
     return np.stack([np.asarray(envs.unwrapped.call("goal_success", g), dtype=bool) for g in goals], axis=1)
 
 
