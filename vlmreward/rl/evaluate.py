@@ -33,7 +33,7 @@ def evaluate_checkpoint(checkpoint, episodes: int = 200, seed: int = 12345, thre
     if max_attempts != "checkpoint":
         args.max_attempts = max_attempts
     torch.set_num_threads(threads)
-    task = Task(args, torch.device("cpu"))
+    task = Task(args, torch.device("cpu"), fire_check=False)  # a good agent may hold its goal on every frame
     agent = build_agent(state)
     out = {"checkpoint": str(checkpoint_path(checkpoint)), "global_step": state["global_step"],
            "reward": args.reward, "episodes": episodes, "seed": seed, "max_attempts": args.max_attempts}

@@ -28,11 +28,12 @@ class Task:
     ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode,
     else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``terminate_on_success`` (VLM success ends an
     episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
-    Raises ValueError for an unknown id, a non-Discrete action space, goals outside the task set, or a VLM
-    reward asked of an environment without language goals.
+    ``fire_check=False``: no warning that the binary reward always / never fired (a trained agent under
+    evaluation may hold its goal on every frame). Raises ValueError for an unknown id, a non-Discrete action
+    space, goals outside the task set, or a VLM reward asked of an environment without language goals.
     """
 
-    def __init__(self, args, device: torch.device):
+    def __init__(self, args, device: torch.device, *, fire_check: bool = True):
         check_env_id(args.env_id)
         probe = gym.make(args.env_id)
         base = probe.unwrapped
@@ -86,7 +87,8 @@ class Task:
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
         if args.reward == "vlm":
             self.reward_model = RewardModel(model, self.bank, threshold=args.threshold, mode=args.reward_mode,
-                                            baseline=args.baseline, alpha=args.alpha)
+                                            baseline=args.baseline, alpha=args.alpha,
+                                            fire_check_frames=1000 if fire_check else 0)
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
