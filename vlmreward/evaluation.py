@@ -70,8 +70,8 @@ def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), tem
     """Scores of a :class:`~vlmreward.pretrain.dataset.FrameDataset`, per environment and goal group.
 
     Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1;
-    None: all of it, the reward ``vlmreward train`` trains on) from its own task set. Returns {env_id: {group: {"probs" float64 (M,), "labels" bool (M,), "goals",
-    "frames", "num_negatives", "wording"}}} with M = frames x goals of the group; groups "train", "heldout" and
+    None: all of it, the reward ``vlmreward train`` trains on) from its own task set. Returns {env_id: {group:
+    {"probs" float64 (M,), "labels" bool (M,), "goals", "frames", "num_negatives", "wording"}}} with M = frames x goals of the group; groups "train", "heldout" and
     "eval:<k>" for the first ``wordings`` evaluation-only wordings (None: all): the training goals AND their
     negatives all said in wording k (:func:`vlmreward.envs.language.reword`), so a goal competes with its
     negatives in one phrasing. "wording": the group's first goal as scored. ``progress``: called once per
@@ -285,8 +285,8 @@ def markdown_table(report: dict) -> str:
                 lines.append(f"| {fam} | {group} | | | | n/a ({r['error']}) |" + " |" * 9)
                 continue
             said = f" `{r['wording']}`" if group.startswith("eval") and r.get("wording") else ""
-            lines.append(f"| {fam} | {group} ({r['goals']}){said} | {r['num_negatives']} | {r['frames']} | {r['positives']} "
-                         f"| {r['average_precision']:.3f} | {r['roc_auc']:.3f} | {r['best_f1_threshold']:.3f} "
+            lines.append(f"| {fam} | {group} ({r['goals']}){said} | {r['num_negatives']} | {r['frames']} "
+                         f"| {r['positives']} | {r['average_precision']:.3f} | {r['roc_auc']:.3f} | {r['best_f1_threshold']:.3f} "
                          f"| {r['threshold']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['tp']} | {r['fp']} "
                          f"| {r['tn']} | {r['fn']} |")
     return "\n".join(lines)

@@ -82,7 +82,8 @@ class Task:
             frame_size = int(model.preprocess_kwargs["image_size"])
         self.env_kwargs = _env_kwargs(args, frame_size)
         kw = {"templates": tuple(args.templates)} if args.templates else {}
-        self.bank = GoalBank(model, list(self.task_set), negatives=list(self.task_set) + task_sets(args.negatives_from or (), self.task_set),
+        negatives = list(self.task_set) + task_sets(args.negatives_from or (), self.task_set)
+        self.bank = GoalBank(model, list(self.task_set), negatives=negatives,
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
         if args.reward == "vlm":
