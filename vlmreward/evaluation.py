@@ -66,19 +66,19 @@ def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int | None, te
 
 
 def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), template_ensembling="normalized_mean",
-                   seed: int = 0, wordings: int | None = 0, progress=None, negatives_from=()) -> dict:
+                   seed: int = 0, wordings: int | None = 0, progress=None, extra_negatives=()) -> dict:
     """Scores of a :class:`~vlmreward.pretrain.dataset.FrameDataset`, per environment and goal group.
 
     Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1;
     None: all of it, the reward ``vlmreward train`` trains on) from its own task set. Returns {env_id: {group:
-    {"probs" float64 (M,), "labels" bool (M,), "goals", "frames", "num_negatives", "wording"}}} with M = frames x goals of the group; groups "train", "heldout" and
-    "eval:<k>" for the first ``wordings`` evaluation-only wordings (None: all): the training goals AND their
-    negatives all said in wording k (:func:`vlmreward.envs.language.reword`), so a goal competes with its
-    negatives in one phrasing. "wording": the group's first goal as scored. ``progress``: called once per
-    scored goal set. ``negatives_from``: env ids whose task sets join every environment's negatives (not its own;
-    said in the group's wording too), as ``vlmreward train --negatives-from``.
+    {"probs" float64 (M,), "labels" bool (M,), "goals", "frames", "num_negatives", "wording"}}} with M = frames x
+    goals of the group; groups "train", "heldout" and "eval:<k>" for the first ``wordings`` evaluation-only
+    wordings (None: all): the training goals AND their negatives all said in wording k
+    (:func:`vlmreward.envs.language.reword`), so a goal competes with its negatives in one phrasing. "wording":
+    the group's first goal as scored. ``progress``: called once per scored goal set. ``extra_negatives``:
+    strings that join every environment's negatives (those of its own task set left out; said in the group's
+    wording too), e.g. :func:`vlmreward.envs.task_sets` of ``vlmreward train --negatives-from``.
     """
-    from vlmreward.envs import task_sets
     from vlmreward.envs.language import num_wordings, reword
     out = {}
     for e, env_id in enumerate(ds.env_ids):
@@ -87,7 +87,8 @@ def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), tem
         task = [ds.goals[c] for c in cols]
         is_train = ds.train_goal_mask[cols]
         labels = ds.labels[rows][:, cols]
-        extra = task_sets(negatives_from, task)
+        own = set(task)
+        extra = [s for s in extra_negatives if s not in own]
         pool = len(task) + len(extra) - 1
         n = pool if num_negatives is None else min(int(num_negatives), pool)
         kw = dict(num_negatives=n, templates=templates, template_ensembling=template_ensembling, seed=seed)
@@ -234,7 +235,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
     if negatives_from and data is not None:
         raise ValueError("negatives_from applies to the environments' test frames, not to data (put the extra "
                          "negatives in the file's negatives array)")
-    envs.task_sets(negatives_from)  # unknown ids / no language goals: raise before any frames are generated
+    extra_negatives = envs.task_sets(negatives_from)  # bad ids raise here, before any frames are generated
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     labelled = None if data is None else load_labelled_frames(data)
@@ -253,7 +254,8 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         recipe = test_recipe(vlm, env_ids, scale, view)
         ds = load_or_generate(recipe, data_dir, progress)
         with tqdm(desc="evaluate (goal sets)", disable=not progress) as bar:
-            scores = dataset_scores(vlm, ds, wordings=None, progress=bar.update, negatives_from=negatives_from, **kw)
+            scores = dataset_scores(vlm, ds, wordings=None, progress=bar.update, extra_negatives=extra_negatives,
+                                    **kw)
         report["data_recipe"] = dataclasses.asdict(recipe)
     report["results"] = {key: {group: group_metrics(s, threshold) for group, s in groups.items()}
                          for key, groups in scores.items()}
@@ -286,9 +288,9 @@ def markdown_table(report: dict) -> str:
                 continue
             said = f" `{r['wording']}`" if group.startswith("eval") and r.get("wording") else ""
             lines.append(f"| {fam} | {group} ({r['goals']}){said} | {r['num_negatives']} | {r['frames']} "
-                         f"| {r['positives']} | {r['average_precision']:.3f} | {r['roc_auc']:.3f} | {r['best_f1_threshold']:.3f} "
-                         f"| {r['threshold']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['tp']} | {r['fp']} "
-                         f"| {r['tn']} | {r['fn']} |")
+                         f"| {r['positives']} | {r['average_precision']:.3f} | {r['roc_auc']:.3f} "
+                         f"| {r['best_f1_threshold']:.3f} | {r['threshold']:.3f} | {r['precision']:.3f} "
+                         f"| {r['recall']:.3f} | {r['tp']} | {r['fp']} | {r['tn']} | {r['fn']} |")
     return "\n".join(lines)
 
 

@@ -143,10 +143,10 @@ def achieved_goals(task: Task, envs, infos, goal_ids: list[int]) -> np.ndarray:
     """
     if task.reward_model is not None:
         return np.asarray(infos["vlm_success_all"])[:, goal_ids]
+    if task.has_task_labels:  # one scan of each room for the whole task set (PickPlace: thousands of goals);
+        # the bank's goals are the task set in order, so a bank id is a task_labels column
+        return np.stack(envs.unwrapped.call("task_labels"))[:, goal_ids]
     goals = [task.bank.goals[g] for g in goal_ids]
-    if task.has_task_labels:  # one scan of each room for the whole task set (PickPlace: thousands of goals)
-        column = {g: k for k, g in enumerate(task.task_set)}
-        return np.stack(envs.unwrapped.call("task_labels"))[:, [column[g] for g in goals]]
     return np.stack([np.asarray(envs.unwrapped.call("goal_success", g), dtype=bool) for g in goals], axis=1)
 
 
