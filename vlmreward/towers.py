@@ -20,7 +20,7 @@ from timm.models import register_model
 from timm.models.convmixer import _create_convmixer
 
 #: (width, depth) of the registered ConvMixers, smallest first.
-CONVMIXER_SIZES = ((64, 2), (128, 3), (256, 4))
+CONVMIXER_SIZES = ((32, 2), (64, 2), (128, 3), (256, 4))
 #: timm names registered by this module.
 TIMM_MODELS = tuple(f"vlmr_convmixer_{w}_{d}_p12" for w, d in CONVMIXER_SIZES)
 

@@ -403,7 +403,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
             save_hub_dir(out / "best", model, mcfg, extra={"architecture": cfg.model})
         fileio.torch_save(ckpt_path, {"model": state_to_save(model, mcfg), "optimizer": opt.state_dict(),
                                         "scheduler": sched.state_dict(), "epoch": epoch + 1, "best": best,
-                                        "sigmoid_bias": float(sig_bias),
+                                        "sigmoid_bias": float(sig_bias.detach()),
                                         "history": json.dumps(history), "config": asdict(cfg)})
     save_hub_dir(out / "final", model, mcfg, extra={"architecture": cfg.model})
     result = {"val": history[-1]["val"] if history else {}, "best": best, "history": history, "out": str(out)}
