@@ -36,9 +36,9 @@ def _args(tmp_path, **kw):
 def test_stage_commands_parse_with_the_cli(study, tmp_path):
     stages = study.stages(_args(tmp_path))
     names = [s.name for s in stages]
-    # 32-2 is pretrained, 256-4 is the shipped default; per size 2 evaluations and 2 families x 2 seeds
+    # 32-2 is pretrained, 256-4 is the shipped default; per size 3 evaluations and 2 families x 2 seeds
     assert names[0] == "pretrain_32_2" and "pretrain_256_4" not in names
-    assert len(stages) == 1 + 2 * (2 + 4)
+    assert len(stages) == 1 + 2 * (3 + 4) and not any(n.startswith("agent_pickplace") for n in names)
     for s in stages:
         command, argv = s.cmd[3], s.cmd[4:]
         parser = _Parser(prog=command)

@@ -8,7 +8,8 @@ Stages, each a ``vlmreward`` command whose output is kept, so a rerun skips what
    ``--retrain-default``.
 2. ``vlmreward evaluate`` on the test seeds: average precision on training goals, held-out goals and the
    evaluation-only wordings, with each family's reward bank as the agents use it (Find: its task set; Lift:
-   its task set + Find's, ``--negatives-from``), precision / recall at the agents' beta.
+   its task set + Find's, ``--negatives-from``), precision / recall at the agents' beta; PickPlace too (reward
+   only: no agent reaches it yet, docs/results/training.md).
 3. ``vlmreward train --config find|lift --model <size>`` with ``--total-timesteps`` steps, per seed; the final
    evaluation runs ``--eval-episodes`` ground-truth episodes per split.
 4. ``scaling.json``, ``scaling.md`` (table) and ``scaling.png`` (AP vs size, success vs size, seeds shown).
@@ -33,7 +34,9 @@ from pathlib import Path
 
 SIZES = ("32-2", "64-2", "128-3", "256-4")
 DEFAULT_SIZE = "256-4"  # the shipped default model is this recipe at this size (vlmreward/assets/default)
-FAMILIES = {"Find": ("find", 0.5, ()), "Lift": ("lift", 0.3, ("vlmreward/Find-v0",))}  # config, beta, negatives_from
+# family: (agent config or None: reward AP only, beta of that config, negatives_from of that config)
+FAMILIES = {"Find": ("find", 0.5, ()), "Lift": ("lift", 0.3, ("vlmreward/Find-v0",)),
+            "PickPlace": (None, 0.02, ())}
 
 
 @dataclass
@@ -75,7 +78,7 @@ def stages(a) -> list[Stage]:
                 "evaluate", "--model", model, "--env", f"vlmreward/{fam}-v0", "--threshold", str(beta),
                 "--out", str(ev), "--data-dir", a.eval_data_dir, "--no-progress"]
                 + (["--negatives-from", *neg_from] if neg_from else []), ev / "evaluation.json", deps))
-            for seed in a.seeds:
+            for seed in a.seeds if config else ():
                 run = out / f"agent_{fam.lower()}_{tag}_s{seed}"
                 agents.append(Stage(f"agent_{fam.lower()}_{tag}_s{seed}", cli + [
                     "train", "--config", config, "--model", model, "--seed", str(seed),
@@ -168,24 +171,31 @@ def report(study: dict, out: Path) -> None:
                      f"| {r['ap_heldout']:.3f} | {r['ap_wordings_mean']:.3f} | {r['precision']:.2f} / "
                      f"{r['recall']:.2f} at {r['beta']} | {sum(tr) / len(tr):.3f} ({', '.join(f'{x:.3f}' for x in tr)}) "
                      f"| {sum(ho) / len(ho):.3f} ({', '.join(f'{x:.3f}' for x in ho)}) |")
-    (out / "scaling.md").write_text("\n".join(lines) + "\n")
+    (out / "scaling.md").write_text("\n".join(lines).replace("nan (nan)", "no agents") + "\n")
     fig, (ax_ap, ax_sr) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for fam, color in zip(FAMILIES, ("tab:blue", "tab:orange")):
+    for fam, color in zip(FAMILIES, ("tab:blue", "tab:orange", "tab:green")):
         rows = [r for r in study["rows"] if r["family"] == fam]
         x = [r["vision_params"] for r in rows]
         ax_ap.plot(x, [r["ap_train"] for r in rows], "o-", color=color, label=f"{fam} training goals")
         ax_ap.plot(x, [r["ap_heldout"] for r in rows], "s--", color=color, label=f"{fam} held-out goals")
-        for split, marker, ls in (("train", "o", "-"), ("heldout", "s", "--")):
+        ax_ap.plot(x, [r["ap_wordings_mean"] for r in rows], "^:", color=color, label=f"{fam} evaluation wordings")
+        for split, marker, ls in (("train", "o", "-"), ("heldout", "s", "--")) if FAMILIES[fam][0] else ():
             ys = [[v[split] for v in r["agents"].values()] or [float("nan")] for r in rows]
             ax_sr.plot(x, [sum(y) / len(y) for y in ys], ls, color=color, marker=marker,
                        label=f"{fam} {'training' if split == 'train' else 'held-out'} goals")
             for xi, y in zip(x, ys):
                 ax_sr.scatter([xi] * len(y), y, color=color, marker=marker, alpha=0.35, s=14)
+    sizes = {r["vision_params"]: r["size"] for r in study["rows"]}
+    ticks = sorted(sizes)
+    labels = [f"{sizes[t]}\n{t / 1e3:.0f}k" for t in ticks]
+    ax_ap.legend(fontsize=7, loc="lower right")
     for ax, title in ((ax_ap, "reward: test average precision"),
                       (ax_sr, f"agent: ground-truth success ({study['total_timesteps'] // 1000}k steps, "
                               f"{study['eval_episodes']} episodes)")):
         ax.set_xscale("log")
-        ax.set_xlabel("vision tower parameters")
+        ax.set_xticks(ticks, labels, minor=False)
+        ax.minorticks_off()
+        ax.set_xlabel("image tower (ConvMixer width-depth, parameters)")
         ax.set_ylim(0, 1.02)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
