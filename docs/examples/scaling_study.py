@@ -127,7 +127,15 @@ def run_all(todo: list[Stage], jobs: int, logs: Path) -> list[str]:
     return failed
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def collect(a) -> dict:
+    import vlmreward
     out, rows = Path(a.out), []
     for size in a.sizes:
         tag = size.replace("-", "_")
@@ -146,14 +154,18 @@ def collect(a) -> dict:
                 r = json.loads(r_path.read_text())
                 agents[seed] = {"train": r["eval"]["train"]["success"], "heldout": r["eval"]["heldout"]["success"],
                                 "steps_per_second": r["steps_per_second"]}
+            recipe = (Path(vlmreward.__file__).parent / "assets" / "default" if size == DEFAULT_SIZE and not
+                      a.retrain_default else out / f"model_{tag}") / "RECIPE.json"
+            history = json.loads(recipe.read_text())["history"]
             rows.append({"size": size, "vision_params": params(size), "family": fam, "beta": beta,
+                         "pretrain_minutes": sum(h["seconds"] for h in history) / 60,
                          "negatives_from": list(neg_from),
                          "ap_train": res["train"]["average_precision"],
                          "ap_heldout": res["heldout"]["average_precision"],
                          "ap_wordings_mean": sum(wordings) / len(wordings),
                          "precision": res["train"]["precision"], "recall": res["train"]["recall"],
                          "agents": agents})
-    return {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+    return {"date": datetime.date.today().isoformat(), "machine": cpu_name(),
             "cpus": os.cpu_count(), "total_timesteps": a.total_timesteps, "eval_episodes": a.eval_episodes,
             "seeds": list(a.seeds), "rows": rows}
 
@@ -162,12 +174,13 @@ def report(study: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    lines = ["| family | vision tower | params | AP train | AP held-out | AP wordings (mean) | precision / recall "
-             "at beta | success train (seeds) | success held-out (seeds) |", "|" + "---|" * 9]
+    lines = ["| family | image tower | params | pretraining (min, 1 thread) | AP train | AP held-out | AP wordings (mean) | precision / recall "
+             "at beta | success train (seeds) | success held-out (seeds) |", "|" + "---|" * 10]
     for r in study["rows"]:
         tr = [v["train"] for v in r["agents"].values()] or [float("nan")]
         ho = [v["heldout"] for v in r["agents"].values()] or [float("nan")]
-        lines.append(f"| {r['family']} | ConvMixer-{r['size']} | {r['vision_params'] / 1e3:.0f}k | {r['ap_train']:.3f} "
+        lines.append(f"| {r['family']} | ConvMixer-{r['size']} | {r['vision_params'] / 1e3:.0f}k | {r['pretrain_minutes']:.0f} | "
+                     f"{r['ap_train']:.3f} "
                      f"| {r['ap_heldout']:.3f} | {r['ap_wordings_mean']:.3f} | {r['precision']:.2f} / "
                      f"{r['recall']:.2f} at {r['beta']} | {sum(tr) / len(tr):.3f} ({', '.join(f'{x:.3f}' for x in tr)}) "
                      f"| {sum(ho) / len(ho):.3f} ({', '.join(f'{x:.3f}' for x in ho)}) |")
