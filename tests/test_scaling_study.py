@@ -74,6 +74,13 @@ def test_scheduler_order_skip_failure_and_lock(study, tmp_path, monkeypatch):
     assert order.read_text() == "ab"  # b waited for a; finished and after_bad never ran
     assert sorted(failed) == ["after_bad", "bad"]
 
+    # --resume is decided when the stage starts: its checkpoint appeared after the list was made
+    resumed = _stage(study, tmp_path, "resumed", f"{log}('|' + ' '.join(sys.argv[1:]))")
+    resumed.checkpoint, resumed.resume = tmp_path / "resumed.ckpt", ["--resume", "here"]
+    resumed.checkpoint.write_text("cut by an earlier invocation")
+    assert study.run_all([resumed], jobs=1, logs=tmp_path / "logs") == []
+    assert order.read_text() == "ab|--resume here"
+
     # a stage whose log another invocation holds is not started; it counts as done once its output appears
     held = _stage(study, tmp_path, "held", f"{log}('H')")
     with open(tmp_path / "logs" / "held.log", "a") as f:
@@ -87,3 +94,5 @@ def test_scheduler_order_skip_failure_and_lock(study, tmp_path, monkeypatch):
         monkeypatch.setattr(study.time, "sleep", sleep)
         assert study.run_all([held], jobs=1, logs=tmp_path / "logs") == []
     assert "H" not in order.read_text()
+    assert study.model_dir(_args(tmp_path), "256-4") is None  # the shipped default
+    assert study.model_dir(_args(tmp_path), "32-2") == tmp_path / "model_32_2"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -31,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vlmreward import fileio
 
 SIZES = ("32-2", "64-2", "128-3", "256-4")
 DEFAULT_SIZE = "256-4"  # the shipped default model is this recipe at this size (vlmreward/assets/default)
@@ -45,12 +48,20 @@ class Stage:
     cmd: list[str]
     done: Path  # exists when the stage has finished
     deps: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None  # when it exists at launch, ``resume`` is appended to ``cmd``
+    resume: list[str] = field(default_factory=list)
 
 
 def model_name(size: str) -> str:
     return f"VLMR-ConvMixer-{size}-84-MiniLM"
 
 
+def model_dir(a, size: str) -> Path | None:
+    """The hub directory of the size's model: None for the shipped default (``vlmreward/assets/default``)."""
+    return None if size == DEFAULT_SIZE and not a.retrain_default else Path(a.out) / f"model_{size.replace('-', '_')}"
+
+
+@functools.lru_cache
 def params(size: str) -> int:
     """Parameters of the size's image tower (the text tower, frozen MiniLM + projection, is the same in all)."""
     from vlmreward.models import build_model
@@ -63,15 +74,14 @@ def stages(a) -> list[Stage]:
     pretrain, evaluate, agents = [], [], []
     for size in a.sizes:
         tag = size.replace("-", "_")
-        if size == DEFAULT_SIZE and not a.retrain_default:
-            model, deps = "default", []
-        else:
-            model, deps = str(out / f"model_{tag}"), [f"pretrain_{tag}"]
+        hub = model_dir(a, size)
+        model, deps = ("default", []) if hub is None else (str(hub), [f"pretrain_{tag}"])
+        if hub is not None:
             pt = out / f"pretrain_{tag}"
             pretrain.append(Stage(f"pretrain_{tag}", cli + [
                 "pretrain", "--model", model_name(size), "--out", str(pt), "--data-dir", a.data_dir,
-                "--export", model, "--threads", "1", "--no-progress"]
-                + (["--resume"] if (pt / "checkpoint.pt").is_file() else []), Path(model) / "RECIPE.json"))
+                "--export", model, "--threads", "1", "--no-progress"], hub / "RECIPE.json",
+                checkpoint=pt / "checkpoint.pt", resume=["--resume"]))
         for fam, (config, beta, neg_from) in FAMILIES.items():
             ev = out / f"eval_{fam.lower()}_{tag}"
             evaluate.append(Stage(f"eval_{fam.lower()}_{tag}", cli + [
@@ -83,9 +93,8 @@ def stages(a) -> list[Stage]:
                 agents.append(Stage(f"agent_{fam.lower()}_{tag}_s{seed}", cli + [
                     "train", "--config", config, "--model", model, "--seed", str(seed),
                     "--total-timesteps", str(a.total_timesteps), "--eval-episodes", str(a.eval_episodes),
-                    "--eval-interval", "0", "--run-dir", str(run), "--threads", "1", "--no-progress"]
-                    + (["--resume", str(run)] if (run / "checkpoint.pt").is_file() else []),
-                    run / "results.json", deps))
+                    "--eval-interval", "0", "--run-dir", str(run), "--threads", "1", "--no-progress"],
+                    run / "results.json", deps, checkpoint=run / "checkpoint.pt", resume=["--resume", str(run)]))
     return pretrain + evaluate + agents
 
 
@@ -120,8 +129,10 @@ def run_all(todo: list[Stage], jobs: int, logs: Path) -> list[str]:
                     log.close()
                     continue
                 pending.remove(s)
-                print(f"{time.strftime('%H:%M:%S')} {s.name}: {' '.join(s.cmd[3:])}", flush=True)
-                running[s.name] = (subprocess.Popen(s.cmd, stdout=log, stderr=subprocess.STDOUT,
+                # decided at launch: an earlier invocation may have been cut in this stage since the list was made
+                cmd = s.cmd + (s.resume if s.checkpoint is not None and s.checkpoint.is_file() else [])
+                print(f"{time.strftime('%H:%M:%S')} {s.name}: {' '.join(cmd[3:])}", flush=True)
+                running[s.name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                     env={**os.environ, "OMP_NUM_THREADS": "1"}), log)
         time.sleep(5)
     return failed
@@ -129,7 +140,8 @@ def run_all(todo: list[Stage], jobs: int, logs: Path) -> list[str]:
 
 def cpu_name() -> str:
     try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
@@ -154,9 +166,8 @@ def collect(a) -> dict:
                 r = json.loads(r_path.read_text())
                 agents[seed] = {"train": r["eval"]["train"]["success"], "heldout": r["eval"]["heldout"]["success"],
                                 "steps_per_second": r["steps_per_second"]}
-            recipe = (Path(vlmreward.__file__).parent / "assets" / "default" if size == DEFAULT_SIZE and not
-                      a.retrain_default else out / f"model_{tag}") / "RECIPE.json"
-            history = json.loads(recipe.read_text())["history"]
+            hub = model_dir(a, size) or Path(vlmreward.__file__).parent / "assets" / "default"
+            history = json.loads((hub / "RECIPE.json").read_text())["history"]
             rows.append({"size": size, "vision_params": params(size), "family": fam, "beta": beta,
                          "pretrain_minutes": sum(h["seconds"] for h in history) / 60,
                          "negatives_from": list(neg_from),
@@ -174,17 +185,18 @@ def report(study: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    lines = ["| family | image tower | params | pretraining (min, 1 thread) | AP train | AP held-out | AP wordings (mean) | precision / recall "
-             "at beta | success train (seeds) | success held-out (seeds) |", "|" + "---|" * 10]
+    lines = ["| family | image tower | params | pretraining (min, 1 thread) | AP train | AP held-out "
+             "| AP wordings (mean) | precision / recall at beta | success train (seeds) | success held-out (seeds) |",
+             "|" + "---|" * 10]
     for r in study["rows"]:
         tr = [v["train"] for v in r["agents"].values()] or [float("nan")]
         ho = [v["heldout"] for v in r["agents"].values()] or [float("nan")]
-        lines.append(f"| {r['family']} | ConvMixer-{r['size']} | {r['vision_params'] / 1e3:.0f}k | {r['pretrain_minutes']:.0f} | "
-                     f"{r['ap_train']:.3f} "
-                     f"| {r['ap_heldout']:.3f} | {r['ap_wordings_mean']:.3f} | {r['precision']:.2f} / "
-                     f"{r['recall']:.2f} at {r['beta']} | {sum(tr) / len(tr):.3f} ({', '.join(f'{x:.3f}' for x in tr)}) "
+        lines.append(f"| {r['family']} | ConvMixer-{r['size']} | {r['vision_params'] / 1e3:.0f}k "
+                     f"| {r['pretrain_minutes']:.0f} | {r['ap_train']:.3f} | {r['ap_heldout']:.3f} "
+                     f"| {r['ap_wordings_mean']:.3f} | {r['precision']:.2f} / {r['recall']:.2f} at {r['beta']} "
+                     f"| {sum(tr) / len(tr):.3f} ({', '.join(f'{x:.3f}' for x in tr)}) "
                      f"| {sum(ho) / len(ho):.3f} ({', '.join(f'{x:.3f}' for x in ho)}) |")
-    (out / "scaling.md").write_text("\n".join(lines).replace("nan (nan)", "no agents") + "\n")
+    fileio.write_text(out / "scaling.md", "\n".join(lines).replace("nan (nan)", "no agents") + "\n")
     fig, (ax_ap, ax_sr) = plt.subplots(1, 2, figsize=(11, 4.2))
     for fam, color in zip(FAMILIES, ("tab:blue", "tab:orange", "tab:green")):
         rows = [r for r in study["rows"] if r["family"] == fam]
@@ -214,7 +226,7 @@ def report(study: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
     ax_sr.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=110)
+    fileio.write_with(out / "scaling.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def main(argv=None) -> int:
@@ -238,7 +250,7 @@ def main(argv=None) -> int:
             print(f"failed: {', '.join(failed)} (logs in {out / 'logs'})", file=sys.stderr)
             return 1
     study = collect(a)
-    (out / "scaling.json").write_text(json.dumps(study, indent=1))
+    fileio.write_json(out / "scaling.json", study, indent=1)
     report(study, out)
     print((out / "scaling.md").read_text())
     print(f"wrote {out / 'scaling.json'}, scaling.md, scaling.png")
