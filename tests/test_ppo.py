@@ -277,6 +277,36 @@ def test_pixel_encoder_matches_its_convolutional_definition(depth):
         Agent((84, 84, 3), 3, emb, depth=-1)
 
 
+def test_goal_noise_perturbs_only_the_training_forward():
+    """--goal-noise: the training call (forward) sees the standardised goal embedding plus N(0, s^2) noise, so
+    its log-probabilities vary between calls and match an explicit noisy encoder call; rollouts and evaluation
+    (get_action_and_value) stay noise-free and equal to an agent without noise; negative noise is an error."""
+    torch.manual_seed(0)
+    emb = torch.randn(5, 16)
+    clean = Agent((56, 56, 3), 3, emb, goal_heads=2)
+    noisy = Agent((56, 56, 3), 3, emb, goal_heads=2, goal_noise=0.5)
+    noisy.load_state_dict(clean.state_dict())
+    x = clean.prepare(np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8))
+    goals, actions = torch.tensor([0, 1, 2, 3]), torch.zeros(4, dtype=torch.int64)
+    _, lp_clean, _, v_clean = clean.get_action_and_value(x, goals, actions)
+    _, lp_roll, _, v_roll = noisy.get_action_and_value(x, goals, actions)
+    torch.testing.assert_close(lp_roll, lp_clean, rtol=0, atol=0)
+    torch.testing.assert_close(v_roll, v_clean, rtol=0, atol=0)
+    torch.manual_seed(1)
+    _, lp_a, _, v_a = noisy(x, goals, actions)
+    _, lp_b, _, _ = noisy(x, goals, actions)
+    assert not torch.allclose(lp_a, lp_clean) and not torch.allclose(lp_a, lp_b)
+    torch.manual_seed(1)
+    goal = noisy._goal(goals)
+    goal = goal + 0.5 * torch.randn_like(goal)
+    h = noisy._encode(x, goal)
+    ref = torch.distributions.Categorical(logits=noisy.actor(h)).log_prob(actions)
+    torch.testing.assert_close(lp_a, ref)
+    torch.testing.assert_close(v_a, noisy.critic(h).squeeze(-1))
+    with pytest.raises(ValueError, match="goal_noise"):
+        Agent((56, 56, 3), 3, emb, goal_noise=-0.1)
+
+
 def test_hindsight_samples_hand_computed():
     """Relabelling: steps up to `window` before an achievement, within one episode, decayed weights."""
     T, window, decay = 5, 4, 0.5

@@ -144,6 +144,8 @@ class Agent(nn.Module):
             embeddings of similar goals are close, cosine ~0.9; standardising spreads them); default all rows.
         image_size, patch, channels, hidden, goal_heads, depth: pixel encoder sizes (frames are downsampled to
             image_size x image_size; one patch per grid cell; ``PixelEncoder``).
+        goal_noise: std of Gaussian noise on the standardised goal embedding in the training forward only
+            (a smoothness prior on the goal conditioning, for held-out goals' new embeddings); 0: off.
     Raises:
         ValueError: an observation shape that is neither (H,W,3) nor (D,), or a bad goal table.
     """
@@ -151,8 +153,11 @@ class Agent(nn.Module):
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
                  channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", goal_noise: float = 0.0):
         super().__init__()
+        if goal_noise < 0:
+            raise ValueError(f"goal_noise must be >= 0, got {goal_noise}")
+        self.goal_noise = float(goal_noise)
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.bf16 = precision == "bf16"
@@ -207,8 +212,15 @@ class Agent(nn.Module):
         return self._value(x, goal, None if self.critic_encoder is not None else self._encode(x, goal))
 
     def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor):
-        """``get_action_and_value`` for given actions: the call DistributedDataParallel wraps."""
-        return self.get_action_and_value(x, goal_ids, action)
+        """``get_action_and_value`` for given actions: the training call (DistributedDataParallel wraps it);
+        with ``goal_noise`` > 0 the standardised goal embedding gets Gaussian noise of that std per dimension
+        here only, never in rollouts or evaluation."""
+        goal = self._goal(goal_ids)
+        if self.goal_noise:
+            goal = goal + self.goal_noise * torch.randn_like(goal)
+        h = self._encode(x, goal)
+        dist = Categorical(logits=self.actor(h))
+        return action, dist.log_prob(action), dist.entropy(), self._value(x, goal, h)
 
     def get_action_and_value(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor | None = None,
                              deterministic: bool = False):

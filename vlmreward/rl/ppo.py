@@ -93,6 +93,8 @@ class Args:
                             "cell's content (0: FiLM only)")
     depth: int = option(3, "3x3 convolutions of the pixel policy (the first is the goal-conditioned stem; 0: a "
                            "per-cell 1x1 stem, keypoints and max-pool only)")
+    goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
+                                    "updates only (not rollouts or evaluation; 0: off)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
                                            "losses float32), faster on CPUs with AVX-512-BF16")
     # --- PPO (CleanRL defaults) ---
@@ -363,7 +365,7 @@ def train(args: Args) -> dict:
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
                   patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
-                  depth=args.depth, precision=args.policy_precision).to(device)
+                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:
