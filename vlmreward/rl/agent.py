@@ -218,14 +218,14 @@ class Agent(nn.Module):
         goal = self._goal(goal_ids)
         if self.goal_noise:
             goal = goal + self.goal_noise * torch.randn_like(goal)
-        h = self._encode(x, goal)
-        dist = Categorical(logits=self.actor(h))
-        return action, dist.log_prob(action), dist.entropy(), self._value(x, goal, h)
+        return self._act(x, goal, action)
 
     def get_action_and_value(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor | None = None,
                              deterministic: bool = False):
         """Returns action (B,) int64, its log-probability (B,), the policy entropy (B,) and the value (B,)."""
-        goal = self._goal(goal_ids)
+        return self._act(x, self._goal(goal_ids), action, deterministic)
+
+    def _act(self, x, goal, action=None, deterministic: bool = False):
         h = self._encode(x, goal)
         dist = Categorical(logits=self.actor(h))
         if action is None:
