@@ -303,8 +303,9 @@ def test_goal_noise_perturbs_only_the_training_forward():
     ref = torch.distributions.Categorical(logits=noisy.actor(h)).log_prob(actions)
     torch.testing.assert_close(lp_a, ref)
     torch.testing.assert_close(v_a, noisy.critic(h).squeeze(-1))
-    with pytest.raises(ValueError, match="goal_noise"):
-        Agent((56, 56, 3), 3, emb, goal_noise=-0.1)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="goal_noise"):
+            Agent((56, 56, 3), 3, emb, goal_noise=bad)
 
 
 def test_hindsight_samples_hand_computed():

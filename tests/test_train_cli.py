@@ -80,6 +80,8 @@ def test_missing_config_file(tmp_path):
     (["--view", "fisheye"], "view must be one of"),
     (["--frame-source", "camera"], "frame_source must be one of"),
     (["--depth", "-1"], "depth"),
+    (["--goal-noise", "-0.1"], "goal_noise must be >= 0"),
+    (["--goal-noise", "nan"], "goal_noise must be >= 0"),
 ])
 def test_bad_values(argv, match):
     with pytest.raises(ValueError, match=match):

@@ -155,7 +155,7 @@ class Agent(nn.Module):
                  channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
                  precision: str = "fp32", goal_noise: float = 0.0):
         super().__init__()
-        if goal_noise < 0:
+        if not goal_noise >= 0:  # NaN too
             raise ValueError(f"goal_noise must be >= 0, got {goal_noise}")
         self.goal_noise = float(goal_noise)
         if precision not in ("fp32", "bf16"):

@@ -94,7 +94,7 @@ class Args:
     depth: int = option(3, "3x3 convolutions of the pixel policy (the first is the goal-conditioned stem; 0: a "
                            "per-cell 1x1 stem, keypoints and max-pool only)")
     goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
-                                    "updates only (not rollouts or evaluation; 0: off)")
+                                    "updates only (PPO and hindsight examples; not rollouts or evaluation; 0: off)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
                                            "losses float32), faster on CPUs with AVX-512-BF16")
     # --- PPO (CleanRL defaults) ---
@@ -141,6 +141,7 @@ class Args:
                 f"({self.num_minibatches})")
         require(self.depth >= 0 and self.goal_heads >= 0,
                 f"depth and goal_heads must be >= 0, got {self.depth}, {self.goal_heads}")
+        require(self.goal_noise >= 0, f"goal_noise must be >= 0, got {self.goal_noise}")  # NaN fails too
         require(self.frame_source in FRAME_SOURCES,
                 f"frame_source must be one of {FRAME_SOURCES}, got {self.frame_source!r}")
         require(self.view is None or self.view in VIEWS, f"view must be one of {VIEWS}, got {self.view!r}")
