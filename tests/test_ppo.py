@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import vlmreward
 from vlmreward.rl import ppo, runlog, video
@@ -261,14 +262,14 @@ def test_goal_attention_agent_depends_on_the_goal():
     assert agent.encoder.query.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("depth", [0, 1, 3])
-def test_pixel_encoder_matches_its_convolutional_definition(depth):
-    """The encoder runs the patchify convolution and a 1x1 stem as matmuls over cell tokens; the same weights
-    through torch's convolutions (the definition) give the same features, at every depth; depth 0 has no 3x3
-    convolution and fewer parameters, and the goal still changes the policy."""
+@pytest.mark.parametrize("depth, cell_layers", [(0, 1), (1, 1), (3, 1), (1, 2), (0, 3)])
+def test_pixel_encoder_matches_its_convolutional_definition(depth, cell_layers):
+    """The encoder runs the patchify convolution, the per-cell layers and a 1x1 stem as matmuls over cell
+    tokens; the same weights through torch's convolutions (the definition) give the same features, at every
+    depth; depth 0 has no 3x3 convolution and fewer parameters, and the goal still changes the policy."""
     torch.manual_seed(0)
     emb = torch.randn(5, 16)
-    agent = Agent((84, 84, 3), 3, emb, goal_heads=2, depth=depth)
+    agent = Agent((84, 84, 3), 3, emb, goal_heads=2, depth=depth, cell_layers=cell_layers)
     enc = agent.encoder
     x = torch.rand(3, 3, 56, 56)
     goal = agent._goal(torch.tensor([0, 1, 4]))
@@ -279,6 +280,8 @@ def test_pixel_encoder_matches_its_convolutional_definition(depth):
             line = torch.linspace(-1, 1, m.shape[-1])
             return torch.cat([(p.sum(2) * line).sum(-1), (p.sum(3) * line).sum(-1)], dim=1)
         cells = enc.patchify(pixels)
+        for layer in enc.cell_mlp[::2]:  # each Linear as the 1x1 convolution it is
+            cells = torch.relu(F.conv2d(cells, layer.weight[..., None, None], layer.bias))
         q = enc.query(goal).view(len(pixels), 2, -1)
         match = torch.einsum("bchw,bkc->bkhw", cells, q) / cells.shape[1] ** 0.5
         h = enc.stem(torch.cat([cells, match], 1))
@@ -293,8 +296,11 @@ def test_pixel_encoder_matches_its_convolutional_definition(depth):
     _, lp0, _, _ = agent(x, torch.tensor([0, 0, 0]), a)
     _, lp1, _, _ = agent(x, torch.tensor([1, 1, 1]), a)
     assert not torch.allclose(lp0, lp1)
+    assert len(enc.cell_mlp) == 2 * (cell_layers - 1)
     with pytest.raises(ValueError, match="depth"):
         Agent((84, 84, 3), 3, emb, depth=-1)
+    with pytest.raises(ValueError, match="cell_layers"):
+        Agent((84, 84, 3), 3, emb, cell_layers=0)
 
 
 def test_goal_noise_perturbs_only_the_training_forward():

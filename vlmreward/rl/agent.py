@@ -54,8 +54,10 @@ class PixelEncoder(nn.Module):
     softmax), a global max-pool of the feature maps and the projected goal into an MLP."""
 
     def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 8, channels: int = 64,
-                 hidden: int = 256, goal_heads: int = 0, depth: int = 3):
+                 hidden: int = 256, goal_heads: int = 0, depth: int = 3, cell_layers: int = 1):
         super().__init__()
+        if cell_layers < 1:
+            raise ValueError(f"cell_layers must be >= 1, got {cell_layers}")
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
         if depth < 0:
@@ -64,6 +66,9 @@ class PixelEncoder(nn.Module):
         self.goal_heads = goal_heads if goal_dim else 0
         k = self.goal_heads
         self.patchify = nn.Sequential(layer_init(nn.Conv2d(3, channels, patch, stride=patch)), nn.ReLU())
+        # more per-cell layers (1x1): features that can bind a cell's colour to its shape before the goal queries
+        self.cell_mlp = nn.Sequential(*[m for _ in range(cell_layers - 1)
+                                        for m in (layer_init(nn.Linear(channels, channels)), nn.ReLU())])
         # goal attention over cells: K goal queries, dot products with every cell's content -> K match maps
         self.query = layer_init(nn.Linear(goal_dim, k * channels), std=1.0) if k else None
         # depth 3x3 convolutions in all (the stem is the first; depth 0: a per-cell 1x1 stem), FiLM after the
@@ -93,7 +98,7 @@ class PixelEncoder(nn.Module):
         n = self.image_size // p
         patchify = self.patchify[0]
         tokens = pixels.reshape(b, 3, n, p, n, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, 3 * p * p)
-        cells = torch.relu(F.linear(tokens, patchify.weight.flatten(1), patchify.bias))
+        cells = self.cell_mlp(torch.relu(F.linear(tokens, patchify.weight.flatten(1), patchify.bias)))
         parts = []
         if self.query is not None:
             c = cells.shape[2]
@@ -142,7 +147,7 @@ class Agent(nn.Module):
             (G,0) for an environment without language goals. Stored as a buffer so checkpoints carry them.
         train_goal_ids: rows whose per-dimension mean and std standardise every goal embedding (text
             embeddings of similar goals are close, cosine ~0.9; standardising spreads them); default all rows.
-        image_size, patch, channels, hidden, goal_heads, depth: pixel encoder sizes (frames are downsampled to
+        image_size, patch, channels, hidden, goal_heads, depth, cell_layers: pixel encoder sizes (frames are downsampled to
             image_size x image_size; one patch per grid cell; ``PixelEncoder``).
         goal_noise: std of Gaussian noise on the standardised goal embedding in the training forward only
             (a smoothness prior on the goal conditioning, for held-out goals' new embeddings); 0: off.
@@ -153,7 +158,7 @@ class Agent(nn.Module):
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
                  channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
-                 precision: str = "fp32", goal_noise: float = 0.0):
+                 precision: str = "fp32", goal_noise: float = 0.0, cell_layers: int = 1):
         super().__init__()
         if not goal_noise >= 0:  # NaN too
             raise ValueError(f"goal_noise must be >= 0, got {goal_noise}")
@@ -175,7 +180,8 @@ class Agent(nn.Module):
         self.critic_encoder = None
         if len(shape) == 3 and shape[-1] == 3:
             self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, channels=channels,
-                                        hidden=hidden, goal_heads=goal_heads, depth=depth)
+                                        hidden=hidden, goal_heads=goal_heads, depth=depth,
+                                        cell_layers=cell_layers)
             hidden_out = hidden
         elif len(shape) == 1:
             self.encoder = StateEncoder(shape[0], goal_dim)

@@ -93,6 +93,8 @@ class Args:
                             "cell's content (0: FiLM only)")
     depth: int = option(3, "3x3 convolutions of the pixel policy (the first is the goal-conditioned stem; 0: a "
                            "per-cell 1x1 stem, keypoints and max-pool only)")
+    cell_layers: int = option(1, "per-cell layers of the pixel policy (the patchify convolution, then 1x1 layers): "
+                                 "features binding a cell's colour to its shape before the goal queries")
     goal_features: str = option("text", "what the policy reads of a goal: 'text' (its text embedding, the reward's "
                                       "GoalBank row), 'words' (mean of the text tower's token embeddings of its "
                                       "words: a held-out colour-type pair combines trained words) or 'text+words'")
@@ -137,7 +139,7 @@ class Args:
         require(self.vectorization_mode in ("sync", "async"),
                 f"vectorization_mode must be 'sync' or 'async', got {self.vectorization_mode!r}")
         for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "image_size",
-                     "patch", "channels", "hidden", "hindsight_window", "threads", "checkpoint_interval"):
+                     "patch", "channels", "hidden", "cell_layers", "hindsight_window", "threads", "checkpoint_interval"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         require((self.num_envs * self.num_steps) % self.num_minibatches == 0,
                 f"num_envs * num_steps ({self.num_envs * self.num_steps}) must be divisible by num_minibatches "
@@ -371,7 +373,8 @@ def train(args: Args) -> dict:
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
                   patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
-                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise).to(device)
+                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise,
+                  cell_layers=args.cell_layers).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:
