@@ -187,44 +187,6 @@ def test_default_loads_offline():
     assert model.encode_text(TEXTS).shape[0] == 2
 
 
-def _word_reference(model, texts):
-    """Mean token-embedding row of each text's word ids, from the tokenizer's own special-token-free encoding
-    (open_clip's BPE ``encode``; the Hugging Face tokenizer with ``add_special_tokens=False``)."""
-    tok = model.tokenizer
-    if hasattr(tok, "encode"):
-        ids, table = [tok.encode(t) for t in texts], model.model.token_embedding.weight
-    else:
-        ids = [tok.tokenizer.encode(t, add_special_tokens=False) for t in texts]
-        table = model.model.text.transformer.get_input_embeddings().weight
-    return torch.stack([table[i].float().mean(0) for i in ids]).detach()
-
-
-WORD_TEXTS = ["go to the red ball", "go to the red key", "go to the blue ball", "go to the blue key",
-              "pick up the teddy bear"]
-
-
-@pytest.mark.parametrize("which", ["tiny", "default"])
-def test_embed_words_is_the_mean_of_the_word_token_embeddings(which, tiny_model):
-    if which == "default" and not (DEFAULT_MODEL_DIR / "open_clip_config.json").is_file():
-        pytest.skip("no default model")
-    model = tiny_model if which == "tiny" else load_model("default")  # open_clip's text tower / Hugging Face's
-    got = model.embed_words(WORD_TEXTS)
-    assert got.dtype == torch.float32 and got.shape[0] == len(WORD_TEXTS)
-    torch.testing.assert_close(got, _word_reference(model, WORD_TEXTS))
-    # a new colour-type pair is a combination of trained words: red ball - red key = blue ball - blue key
-    torch.testing.assert_close(got[0] - got[1], got[2] - got[3])
-    assert not torch.allclose(got[0], got[3])
-
-
-def test_embed_words_errors(tiny_model):
-    with pytest.raises(TypeError, match="list of strings"):
-        tiny_model.embed_words("a red ball")
-    with pytest.raises(ValueError, match="empty"):
-        tiny_model.embed_words([])
-    with pytest.raises(ValueError, match="without any word token"):
-        tiny_model.embed_words(["a red ball", ""])
-
-
 def test_registered_timm_tower_builds_through_open_clip_and_refuses_pretrained():
     import timm
 

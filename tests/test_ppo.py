@@ -172,26 +172,6 @@ def test_evaluate_agent_command_reruns_the_checkpoints_task(tmp_path, tiny_clip_
         evaluate.evaluate_checkpoint(run, episodes=0)
 
 
-@pytest.mark.parametrize("features", ["words", "text+words"])
-def test_goal_features_reach_the_policy_and_its_checkpoint(tmp_path, tiny_clip_dir, tiny_model, features):
-    """--goal-features: the policy's goal table is the bank's text embeddings and / or the model's bag of words,
-    column blocks in that order; a run trains on it and its checkpoint rebuilds the same agent."""
-    from vlmreward.rl import evaluate
-    from vlmreward.rl.checkpoint import build_agent, load_checkpoint
-    run = tmp_path / "run"
-    args = ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", num_envs=2, num_steps=16, num_minibatches=2,
-                           total_timesteps=32, eval_episodes=1, frame_size=56, max_episode_steps=6),
-                    model=str(tiny_clip_dir), run_dir=str(run), goal_features=features)
-    task = Task(args, torch.device("cpu"))
-    words = tiny_model.embed_words(list(task.bank.goals))
-    expected = words if features == "words" else torch.cat([task.bank.goal_embeddings.float(), words], 1)
-    torch.testing.assert_close(task.goal_embeddings, expected)
-    ppo.train(args)
-    agent = build_agent(load_checkpoint(run))
-    torch.testing.assert_close(agent.goal_embeddings, expected)
-    assert evaluate.evaluate_checkpoint(run, episodes=2, seed=3)["heldout"]["episodes"] == 2
-
-
 def test_caption_writes_the_goal_in_white_then_green():
     frame = np.zeros((84, 84, 3), np.uint8)
     pending, done = (video.caption(frame, "go to the box", ok).astype(int) for ok in (False, True))

@@ -161,35 +161,6 @@ class VisionLanguageModel:
         out = torch.cat([self.model.encode_text(b.to(self.device)).float() for b in batches])
         return out[torch.argsort(order)]
 
-    @torch.inference_mode()
-    def embed_words(self, texts: Sequence[str]) -> torch.Tensor:
-        """Bag of words of each text: the mean of the text tower's input token embeddings over the text's tokens,
-        special tokens (start, end, padding: the ids of the empty string) left out. float32 (K, W), W the text
-        tower's width, on the model's device. No transformer runs: the vector of "red ball" is the mean of
-        "red" and "ball", so a new pairing of known words is a new combination of known vectors.
-
-        Raises TypeError / ValueError as :meth:`encode_text`, ValueError for a text of special tokens only or a
-        text tower without an input embedding table."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a list of strings")
-        if len(texts) == 0:
-            raise ValueError("texts is empty")
-        text = getattr(self.model, "text", self.model)
-        if hasattr(text, "token_embedding"):  # open_clip's own text transformer
-            table = text.token_embedding
-        elif hasattr(getattr(text, "transformer", None), "get_input_embeddings"):  # Hugging Face text tower
-            table = text.transformer.get_input_embeddings()
-        else:
-            raise ValueError(f"{self.name}: the text tower has no input token embedding table")
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        special = torch.unique(self.tokenizer([""]).to(self.device))
-        keep = ~torch.isin(tokens, special)
-        empty = [t for t, k in zip(texts, keep.any(1).tolist()) if not k]
-        if empty:
-            raise ValueError(f"texts without any word token: {empty}")
-        weights = keep.float() / keep.sum(1, keepdim=True)
-        return torch.einsum("kt,ktw->kw", weights, table(tokens).float())
-
     def save(self, directory, *, include_package_text: bool = False) -> Path:
         """Write the model in open_clip's hub layout (see :func:`save_hub_dir`); returns the directory.
 

@@ -35,7 +35,7 @@ from vlmreward.reward import MODES
 from vlmreward.rl.agent import Agent
 from vlmreward.rl.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, save_checkpoint
 from vlmreward.rl.runlog import RunLogger, log_episodes, log_update, plot_learning_curves
-from vlmreward.rl.task import GOAL_FEATURES, Task, achieved_goals, evaluate_agent, make_envs, split_observation
+from vlmreward.rl.task import Task, achieved_goals, evaluate_agent, make_envs, split_observation
 from vlmreward.wrappers import FRAME_SOURCES
 
 REWARDS = ("vlm", "gt")
@@ -95,9 +95,6 @@ class Args:
                            "per-cell 1x1 stem, keypoints and max-pool only)")
     cell_layers: int = option(1, "per-cell layers of the pixel policy (the patchify convolution, then 1x1 layers): "
                                  "features binding a cell's colour to its shape before the goal queries")
-    goal_features: str = option("text", "what the policy reads of a goal: 'text' (its text embedding, the reward's "
-                                      "GoalBank row), 'words' (mean of the text tower's token embeddings of its "
-                                      "words: a held-out colour-type pair combines trained words) or 'text+words'")
     goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
                                     "updates only (PPO and hindsight examples; not rollouts or evaluation; 0: off)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
@@ -146,8 +143,6 @@ class Args:
                 f"({self.num_minibatches})")
         require(self.depth >= 0 and self.goal_heads >= 0,
                 f"depth and goal_heads must be >= 0, got {self.depth}, {self.goal_heads}")
-        require(self.goal_features in GOAL_FEATURES,
-                f"goal_features must be one of {GOAL_FEATURES}, got {self.goal_features!r}")
         require(self.goal_noise >= 0, f"goal_noise must be >= 0, got {self.goal_noise}")  # NaN fails too
         require(self.frame_source in FRAME_SOURCES,
                 f"frame_source must be one of {FRAME_SOURCES}, got {self.frame_source!r}")

@@ -20,16 +20,13 @@ from vlmreward.envs import check_env_id, ends_on_success, task_sets
 from vlmreward.wrappers import EpisodeStatistics, NoSuccessTermination, VectorVLMRewardWrapper
 
 
-GOAL_FEATURES = ("text", "words", "text+words")
-
-
 class Task:
     """Goals, reward model and environment settings of a training run (``args``: a ``vlmreward.rl.ppo.Args``).
 
     Attributes: ``language`` (the env has language goals), ``task_set`` / ``train_goals`` / ``heldout_goals``
     (tuples of goal strings), ``bank`` (GoalBank over the task set; negatives: the task set plus those of
     ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode,
-    else None), ``goal_embeddings`` float32 (G,E) on the CPU (what the policy reads of each goal: ``args.goal_features``), ``terminate_on_success`` (VLM success ends an
+    else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``terminate_on_success`` (VLM success ends an
     episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
     ``fire_check=False``: no warning that the binary reward always / never fired (a trained agent under
     evaluation may hold its goal on every frame). Raises ValueError for an unknown id, a non-Discrete action
@@ -88,7 +85,7 @@ class Task:
         negatives = list(self.task_set) + task_sets(args.negatives_from or (), self.task_set)
         self.bank = GoalBank(model, list(self.task_set), negatives=negatives,
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
-        self.goal_embeddings = goal_features(model, self.bank, args.goal_features)
+        self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
         if args.reward == "vlm":
             self.reward_model = RewardModel(model, self.bank, threshold=args.threshold, mode=args.reward_mode,
                                             baseline=args.baseline, alpha=args.alpha,
@@ -96,21 +93,6 @@ class Task:
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
-
-
-def goal_features(model, bank, kind: str) -> torch.Tensor:
-    """What the policy reads of each goal of ``bank``, float32 (G,E) on the CPU, row g = goal g (one of
-    :data:`GOAL_FEATURES`): "text" the bank's text embeddings (G,D); "words" the bag of the goal's words
-    (:meth:`VisionLanguageModel.embed_words`, (G,W)); "text+words" both side by side (G,D+W). Raises ValueError
-    for another kind."""
-    if kind not in GOAL_FEATURES:
-        raise ValueError(f"goal features must be one of {GOAL_FEATURES}, got {kind!r}")
-    parts = []
-    if "text" in kind.split("+"):
-        parts.append(bank.goal_embeddings.float().cpu())
-    if "words" in kind.split("+"):
-        parts.append(model.embed_words(list(bank.goals)).cpu())
-    return torch.cat(parts, dim=1)
 
 
 def _env_kwargs(args, frame_size: int | None) -> dict:
