@@ -80,7 +80,6 @@ def test_missing_config_file(tmp_path):
     (["--view", "fisheye"], "view must be one of"),
     (["--frame-source", "camera"], "frame_source must be one of"),
     (["--depth", "-1"], "depth"),
-    (["--cell-layers", "0"], "cell_layers"),
     (["--goal-noise", "-0.1"], "goal_noise must be >= 0"),
     (["--goal-noise", "nan"], "goal_noise must be >= 0"),
 ])

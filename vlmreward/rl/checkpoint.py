@@ -51,6 +51,6 @@ def build_agent(state: dict):
     agent = Agent(meta["observation_shape"], meta["num_actions"], state["agent"]["goal_embeddings"],
                   image_size=a["image_size"], patch=a["patch"], channels=a["channels"], hidden=a["hidden"],
                   goal_heads=a["goal_heads"], depth=a.get("depth", 3), precision=a["policy_precision"],
-                  cell_layers=a.get("cell_layers", 1))
+                  last_action=a.get("last_action", False))
     agent.load_state_dict(state["agent"])
     return agent.eval()
