@@ -277,61 +277,6 @@ def test_pixel_encoder_matches_its_convolutional_definition(depth):
         Agent((84, 84, 3), 3, emb, depth=-1)
 
 
-def test_last_action_is_an_input_that_every_call_must_give():
-    """last_action=True: the previous action (one-hot, no_action at an episode's first step) changes the policy
-    and the value; a call without it, one with a bad shape / dtype / value, or one given to an agent without
-    the input, is a ValueError; checkpoints rebuild the input (build_agent)."""
-    torch.manual_seed(0)
-    emb = torch.randn(5, 16)
-    agent = Agent((56, 56, 3), 3, emb, goal_heads=2, last_action=True)
-    x = torch.rand(4, 3, 56, 56)
-    goals, actions = torch.tensor([0, 1, 2, 3]), torch.zeros(4, dtype=torch.int64)
-    assert agent.no_action == 3
-    _, lp0, _, v0 = agent.get_action_and_value(x, goals, actions, last_action=torch.full((4,), 3))
-    _, lp1, _, v1 = agent.get_action_and_value(x, goals, actions, last_action=torch.tensor([0, 1, 2, 0]))
-    assert not torch.allclose(lp0, lp1) and not torch.allclose(v0, v1)
-    torch.testing.assert_close(agent(x, goals, actions, torch.tensor([0, 1, 2, 0]))[1], lp1)
-    torch.testing.assert_close(agent.get_value(x, goals, torch.full((4,), 3)), v0)
-    for bad, match in ((None, "pass last_action"), (torch.tensor([0, 1]), "int64 \\(4,\\)"),
-                       (torch.tensor([0.0, 1, 2, 3]), "int64"), (torch.tensor([0, 1, 2, 4]), "in \\[0, 3\\]")):
-        with pytest.raises(ValueError, match=match):
-            agent.get_action_and_value(x, goals, last_action=bad)
-    with pytest.raises(ValueError, match="without last_action"):
-        Agent((56, 56, 3), 3, emb).get_action_and_value(x, goals, last_action=torch.zeros(4, dtype=torch.int64))
-    state = Agent((4,), 2, torch.zeros(1, 0), last_action=True)  # the state-vector networks read it too
-    s = torch.rand(3, 4)
-    assert not torch.allclose(state.get_value(s, torch.zeros(3, dtype=torch.int64), torch.tensor([0, 0, 0])),
-                              state.get_value(s, torch.zeros(3, dtype=torch.int64), torch.tensor([2, 2, 2])))
-
-
-def test_trainer_feeds_the_previous_action_and_none_after_a_reset(tmp_path, monkeypatch):
-    """In rollouts the policy's last_action is the env's previous action, or no_action at an episode's first
-    observation (CartPole's reset state: every component within 0.05; one step moves the cart's velocity ~0.2),
-    at t=0 and after every reset step; evaluation feeds its episodes the same way."""
-    calls = []
-    original = Agent.get_action_and_value
-
-    def spy(self, x, goal_ids, action=None, deterministic=False, last_action=None):
-        out = original(self, x, goal_ids, action, deterministic, last_action)
-        calls.append((x.clone(), last_action.clone(), out[0].clone()))
-        return out
-
-    monkeypatch.setattr(Agent, "get_action_and_value", spy)
-    args = ppo.Args(**dict(QUICK, num_envs=2, num_steps=64, total_timesteps=128, eval_episodes=1),
-                    run_dir=str(tmp_path / "run"), last_action=True)
-    ppo.train(args)
-    rollout, evaluation = calls[:64], calls[64:]
-    last = torch.stack([c[1] for c in rollout])  # (T, B)
-    acts = torch.stack([c[2] for c in rollout])
-    obs = torch.stack([c[0] for c in rollout])  # (T, B, 4)
-    none = last == 2
-    assert none[0].all() and none.sum(0).min() >= 2  # several episodes per env
-    assert (obs[none].abs() <= 0.05).all()  # no_action only at first observations
-    assert (last[1:][~none[1:]] == acts[:-1][~none[1:]]).all()  # otherwise the previous action
-    assert evaluation[0][1].tolist() == [2]
-    assert all(b[1].tolist() == a[2].tolist() for a, b in zip(evaluation, evaluation[1:]))
-
-
 def test_goal_noise_perturbs_only_the_training_forward():
     """--goal-noise: the training call (forward) sees the standardised goal embedding plus N(0, s^2) noise, so
     its log-probabilities vary between calls and match an explicit noisy encoder call; rollouts and evaluation
@@ -354,7 +299,7 @@ def test_goal_noise_perturbs_only_the_training_forward():
     torch.manual_seed(1)
     goal = noisy._goal(goals)
     goal = goal + 0.5 * torch.randn_like(goal)
-    h = noisy._encode(x, goal, None)
+    h = noisy._encode(x, goal)
     ref = torch.distributions.Categorical(logits=noisy.actor(h)).log_prob(actions)
     torch.testing.assert_close(lp_a, ref)
     torch.testing.assert_close(v_a, noisy.critic(h).squeeze(-1))

@@ -54,7 +54,7 @@ class PixelEncoder(nn.Module):
     softmax), a global max-pool of the feature maps and the projected goal into an MLP."""
 
     def __init__(self, goal_dim: int, *, image_size: int = 56, patch: int = 8, channels: int = 64,
-                 hidden: int = 256, goal_heads: int = 0, depth: int = 3, extra_dim: int = 0):
+                 hidden: int = 256, goal_heads: int = 0, depth: int = 3):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
@@ -78,8 +78,7 @@ class PixelEncoder(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.keypoints = SpatialSoftmax()
         self.goal_proj = layer_init(nn.Linear(goal_dim, channels)) if goal_dim else None
-        self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels + 2 * k + extra_dim, hidden)),
-                                 nn.ReLU())
+        self.mlp = nn.Sequential(layer_init(nn.Linear((4 if goal_dim else 3) * channels + 2 * k, hidden)), nn.ReLU())
 
     @torch.no_grad()
     def prepare(self, frames) -> torch.Tensor:
@@ -87,7 +86,7 @@ class PixelEncoder(nn.Module):
         return vlmreward.preprocess(frames, image_size=self.image_size, mean=(0.0, 0.0, 0.0),
                                     std=(1.0, 1.0, 1.0), resize_mode="squash", interpolation="bilinear")
 
-    def forward(self, pixels: torch.Tensor, goal: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         # cells as (B,N,C) tokens: the patchify convolution (stride = kernel) and the 1x1 stem are matmuls,
         # ~5x faster forward + backward than the CPU convolution kernels at these shapes
         b, p = pixels.shape[0], self.patch
@@ -114,25 +113,23 @@ class PixelEncoder(nn.Module):
         parts += [self.keypoints(x), x.amax(dim=1)]
         if self.goal_proj is not None:
             parts.append(torch.relu(self.goal_proj(goal)))
-        if extra is not None:
-            parts.append(extra)
         return self.mlp(torch.cat(parts, dim=1))
 
 
 class StateEncoder(nn.Module):
     """float state vectors (B,D) + goal embedding (B,E) -> features (B,hidden)."""
 
-    def __init__(self, state_dim: int, goal_dim: int, *, hidden: int = 64, extra_dim: int = 0):
+    def __init__(self, state_dim: int, goal_dim: int, *, hidden: int = 64):
         super().__init__()
-        self.net = nn.Sequential(layer_init(nn.Linear(state_dim + goal_dim + extra_dim, hidden)), nn.Tanh(),
+        self.net = nn.Sequential(layer_init(nn.Linear(state_dim + goal_dim, hidden)), nn.Tanh(),
                                  layer_init(nn.Linear(hidden, hidden)), nn.Tanh())
 
     @torch.no_grad()
     def prepare(self, states) -> torch.Tensor:
         return torch.as_tensor(np.asarray(states), dtype=torch.float32)
 
-    def forward(self, states: torch.Tensor, goal: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(torch.cat([states, goal] + ([] if extra is None else [extra]), dim=-1))
+    def forward(self, states: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([states, goal], dim=-1))
 
 
 class Agent(nn.Module):
@@ -149,10 +146,6 @@ class Agent(nn.Module):
             image_size x image_size; one patch per grid cell; ``PixelEncoder``).
         goal_noise: std of Gaussian noise on the standardised goal embedding in the training forward only
             (a smoothness prior on the goal conditioning, for held-out goals' new embeddings); 0: off.
-        last_action: the networks also read the previous action, one-hot over ``num_actions + 1`` (the last,
-            :attr:`no_action` = ``num_actions``, at an episode's first step): every call then takes
-            ``last_action`` int64 (B,). The one step of memory a reactive policy in a partial (egocentric)
-            view needs to keep turning one way instead of dithering left-right while the goal is out of sight.
     Raises:
         ValueError: an observation shape that is neither (H,W,3) nor (D,), or a bad goal table.
     """
@@ -160,11 +153,8 @@ class Agent(nn.Module):
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
                  channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
-                 precision: str = "fp32", goal_noise: float = 0.0, last_action: bool = False):
+                 precision: str = "fp32", goal_noise: float = 0.0):
         super().__init__()
-        self.no_action = int(num_actions)
-        self.last_action = bool(last_action)
-        extra_dim = num_actions + 1 if last_action else 0
         if not goal_noise >= 0:  # NaN too
             raise ValueError(f"goal_noise must be >= 0, got {goal_noise}")
         self.goal_noise = float(goal_noise)
@@ -185,14 +175,13 @@ class Agent(nn.Module):
         self.critic_encoder = None
         if len(shape) == 3 and shape[-1] == 3:
             self.encoder = PixelEncoder(goal_dim, image_size=image_size, patch=patch, channels=channels,
-                                        hidden=hidden, goal_heads=goal_heads, depth=depth,
-                                        extra_dim=extra_dim)
+                                        hidden=hidden, goal_heads=goal_heads, depth=depth)
             hidden_out = hidden
         elif len(shape) == 1:
-            self.encoder = StateEncoder(shape[0], goal_dim, extra_dim=extra_dim)
+            self.encoder = StateEncoder(shape[0], goal_dim)
             # separate critic trunk (CleanRL's classic-control agent): unnormalised returns (CartPole: up to
             # ~100) give value gradients that, through a shared trunk and the global norm clip, drown the policy's
-            self.critic_encoder = StateEncoder(shape[0], goal_dim, extra_dim=extra_dim)
+            self.critic_encoder = StateEncoder(shape[0], goal_dim)
             hidden_out = 64
         else:
             raise ValueError(f"observation shape {shape} is neither an (H,W,3) frame nor a (D,) state vector")
@@ -206,57 +195,39 @@ class Agent(nn.Module):
     def _goal(self, goal_ids: torch.Tensor) -> torch.Tensor:
         return (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
 
-    def _extra(self, last_action, batch: int) -> torch.Tensor | None:
-        if not self.last_action:
-            if last_action is not None:
-                raise ValueError("last_action given to an agent built without last_action=True")
-            return None
-        if last_action is None:
-            raise ValueError("this agent reads its previous action: pass last_action (int64 (B,), "
-                             f"{self.no_action} at an episode's first step)")
-        last_action = torch.as_tensor(last_action, device=self.goal_embeddings.device)
-        if last_action.shape != (batch,) or last_action.dtype != torch.int64:
-            raise ValueError(f"last_action must be int64 ({batch},), got {last_action.dtype} {tuple(last_action.shape)}")
-        if bool(((last_action < 0) | (last_action > self.no_action)).any()):
-            raise ValueError(f"last_action values must be in [0, {self.no_action}], got {last_action.tolist()}")
-        return F.one_hot(last_action, self.no_action + 1).float()
-
-    def _encode(self, x, goal, extra) -> torch.Tensor:
+    def _encode(self, x, goal) -> torch.Tensor:
         """Encoder features, float32; with precision "bf16" the encoder runs under bfloat16 autocast (the
         heads, log-probabilities and values stay float32)."""
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
-            return self.encoder(x, goal, extra).float()
+            return self.encoder(x, goal).float()
 
-    def _value(self, x, goal, extra, h) -> torch.Tensor:
+    def _value(self, x, goal, h) -> torch.Tensor:
         if self.critic_encoder is not None:
-            h = self.critic_encoder(x, goal, extra)
+            h = self.critic_encoder(x, goal)
         return self.critic(h).squeeze(-1)
 
-    def get_value(self, x: torch.Tensor, goal_ids: torch.Tensor, last_action: torch.Tensor | None = None):
+    def get_value(self, x: torch.Tensor, goal_ids: torch.Tensor) -> torch.Tensor:
         """Value estimates (B,) for prepared observations x and int64 goal ids (B,)."""
-        goal, extra = self._goal(goal_ids), self._extra(last_action, len(goal_ids))
-        return self._value(x, goal, extra, None if self.critic_encoder is not None else self._encode(x, goal, extra))
+        goal = self._goal(goal_ids)
+        return self._value(x, goal, None if self.critic_encoder is not None else self._encode(x, goal))
 
-    def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor,
-                last_action: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor):
         """``get_action_and_value`` for given actions: the training call (DistributedDataParallel wraps it);
         with ``goal_noise`` > 0 the standardised goal embedding gets Gaussian noise of that std per dimension
         here only, never in rollouts or evaluation."""
         goal = self._goal(goal_ids)
         if self.goal_noise:
             goal = goal + self.goal_noise * torch.randn_like(goal)
-        return self._act(x, goal, self._extra(last_action, len(goal_ids)), action)
+        return self._act(x, goal, action)
 
     def get_action_and_value(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor | None = None,
-                             deterministic: bool = False, last_action: torch.Tensor | None = None):
-        """Returns action (B,) int64, its log-probability (B,), the policy entropy (B,) and the value (B,).
-        ``last_action``: int64 (B,), required by (only by) an agent built with ``last_action=True``; raises
-        ValueError otherwise or for a bad shape, dtype or value."""
-        return self._act(x, self._goal(goal_ids), self._extra(last_action, len(goal_ids)), action, deterministic)
+                             deterministic: bool = False):
+        """Returns action (B,) int64, its log-probability (B,), the policy entropy (B,) and the value (B,)."""
+        return self._act(x, self._goal(goal_ids), action, deterministic)
 
-    def _act(self, x, goal, extra, action=None, deterministic: bool = False):
-        h = self._encode(x, goal, extra)
+    def _act(self, x, goal, action=None, deterministic: bool = False):
+        h = self._encode(x, goal)
         dist = Categorical(logits=self.actor(h))
         if action is None:
             action = dist.logits.argmax(-1) if deterministic else dist.sample()
-        return action, dist.log_prob(action), dist.entropy(), self._value(x, goal, extra, h)
+        return action, dist.log_prob(action), dist.entropy(), self._value(x, goal, h)

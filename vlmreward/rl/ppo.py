@@ -93,9 +93,6 @@ class Args:
                             "cell's content (0: FiLM only)")
     depth: int = option(3, "3x3 convolutions of the pixel policy (the first is the goal-conditioned stem; 0: a "
                            "per-cell 1x1 stem, keypoints and max-pool only)")
-    last_action: bool = option(False, "the policy also reads its previous action (one-hot, 'none' at an episode's "
-                                      "first step): the one step of memory that stops a reactive policy dithering "
-                                      "left-right in the egocentric view while its goal is out of sight")
     goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
                                     "updates only (PPO and hindsight examples; not rollouts or evaluation; 0: off)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
@@ -234,7 +231,6 @@ class Rollout:
         self.x = torch.zeros((T, B) + x_example.shape[1:], dtype=x_example.dtype, device=device)
         self.goal = torch.zeros((T, B), dtype=torch.int64, device=device)
         self.actions = torch.zeros((T, B), dtype=torch.int64, device=device)
-        self.last_actions = torch.zeros((T, B), dtype=torch.int64, device=device)  # the policy's input (Agent)
         for name in ("logprobs", "rewards", "terminated", "ended", "valid", "values"):
             setattr(self, name, torch.zeros((T, B), device=device))
         self.achieved = torch.zeros((T, B, num_hindsight_goals), dtype=torch.bool)
@@ -242,7 +238,7 @@ class Rollout:
     def flatten(self, advantages: torch.Tensor) -> dict:
         """The (T*B,) batch the epochs sample minibatches from; returns = advantages + values."""
         return {"x": self.x.reshape((-1,) + self.x.shape[2:]), "goal": self.goal.reshape(-1),
-                "actions": self.actions.reshape(-1), "last_actions": self.last_actions.reshape(-1), "logprobs": self.logprobs.reshape(-1),
+                "actions": self.actions.reshape(-1), "logprobs": self.logprobs.reshape(-1),
                 "advantages": advantages.reshape(-1), "returns": (advantages + self.values).reshape(-1),
                 "values": self.values.reshape(-1), "valid": self.valid.reshape(-1)}
 
@@ -259,13 +255,12 @@ def ppo_loss(learner, rollout: Rollout, b: dict, mb: torch.Tensor, hs, args: Arg
     def mmean(v):
         return (v * m).sum() / n
 
-    x, g, a, last = b["x"][mb], b["goal"][mb], b["actions"][mb], b["last_actions"][mb]
+    x, g, a = b["x"][mb], b["goal"][mb], b["actions"][mb]
     if hs is not None:
         pick = torch.randint(len(hs[0]), (min(len(hs[0]), len(mb)),))
         ht, hb, hg, hw = (v[pick].to(mb.device) for v in hs)
         x, g, a = torch.cat([x, rollout.x[ht, hb]]), torch.cat([g, hg]), torch.cat([a, rollout.actions[ht, hb]])
-        last = torch.cat([last, rollout.last_actions[ht, hb]])
-    _, newlogprob, entropy, newvalue = learner(x, g, a, last if args.last_action else None)
+    _, newlogprob, entropy, newvalue = learner(x, g, a)
     stats = {}
     if hs is not None:
         stats["hindsight_bc"] = -(hw * newlogprob[len(mb):]).sum() / hw.sum()
@@ -371,8 +366,7 @@ def train(args: Args) -> dict:
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
                   patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
-                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise,
-                  last_action=args.last_action).to(device)
+                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:
@@ -407,8 +401,6 @@ def train(args: Args) -> dict:
     raw, goal_ids = split_observation(task, obs, infos, B)
     next_x, next_goal = agent.prepare(raw), goal_ids.to(device)
     next_done = torch.zeros(B, dtype=torch.bool, device=device)  # previous transition ended: a reset step next
-    no_action = torch.full((B,), agent.no_action, dtype=torch.int64, device=device)
-    next_last = no_action  # the previous action of each env's episode (none at its first step)
     buf = Rollout(T, B, next_x, len(hindsight_ids), device)
     before = torch.zeros(B, len(hindsight_ids), dtype=torch.bool)  # rewarded on the episode's previous frame
     recent: dict[str, list[float]] = {"gt_success": [], "return": []}
@@ -426,10 +418,8 @@ def train(args: Args) -> dict:
         for step in range(T):
             global_step += B * world
             buf.x[step], buf.goal[step], buf.valid[step] = next_x, next_goal, (~next_done).float()
-            buf.last_actions[step] = next_last
             with torch.no_grad():
-                action, logprob, _, value = agent.get_action_and_value(
-                    next_x, next_goal, last_action=next_last if args.last_action else None)
+                action, logprob, _, value = agent.get_action_and_value(next_x, next_goal)
             buf.values[step], buf.actions[step], buf.logprobs[step] = value, action, logprob
             obs, reward, term, trunc, infos = envs.step(action.cpu().numpy())
             done = np.logical_or(term, trunc)
@@ -445,8 +435,6 @@ def train(args: Args) -> dict:
                 fired += float(np.sum(np.where(live, infos["vlm_reward"], 0.0)))
                 prob_max = max(prob_max, float(np.max(np.where(live, infos["vlm_prob"], 0.0))))
             raw, goal_ids = split_observation(task, obs, infos, B)
-            # a reset step (next_done) starts an episode: its action was ignored (NEXT_STEP autoreset)
-            next_last = torch.where(next_done, no_action, action)
             next_x, next_goal, next_done = agent.prepare(raw), goal_ids.to(device), torch.as_tensor(done, device=device)
             log_episodes(logger, infos, global_step, recent, vlm=task.reward_model is not None)
         if check_fires and iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1 and rank == 0:
@@ -455,8 +443,7 @@ def train(args: Args) -> dict:
         # ---- generalised advantage estimation ----
         with torch.no_grad():
             advantages = compute_advantages(buf.rewards, buf.values, buf.terminated, buf.ended,
-                                            agent.get_value(next_x, next_goal,
-                                                            next_last if args.last_action else None), args)
+                                            agent.get_value(next_x, next_goal), args)
         b = buf.flatten(advantages)
         hs = None
         if hindsight_ids:  # relabelled (step, env, goal, weight) examples of this rollout

@@ -164,12 +164,9 @@ def evaluate_agent(agent, task: Task, goals, episodes: int, *, seed: int, determ
         for e in range(episodes):
             options = {"goal": goals[e % len(goals)]} if task.language else None
             obs, infos = envs.reset(seed=int(rng.integers(2 ** 31)), options=options)
-            last = torch.tensor([agent.no_action]) if agent.last_action else None
             while "episode" not in infos:
                 x, goal_ids = split_observation(task, obs, infos, 1)
-                action = agent.get_action_and_value(agent.prepare(x), goal_ids, deterministic=deterministic,
-                                                    last_action=last)[0]
-                last = action.cpu() if agent.last_action else None
+                action = agent.get_action_and_value(agent.prepare(x), goal_ids, deterministic=deterministic)[0]
                 obs, _, _, _, infos = envs.step(action.cpu().numpy())
             stats.append({k: float(v[0]) for k, v in infos["episode"].items()})
     finally:

@@ -82,13 +82,11 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
             obs, info = env.reset(seed=int(rng.integers(2 ** 31)), options={"goal": goal} if language else None)
             gid = torch.tensor([names.index(goal)])
             success = False
-            last = torch.tensor([agent.no_action]) if agent.last_action else None
             frames.append(caption(env.render(), goal, success) if language else env.render())
             while True:
                 with torch.no_grad():
                     action, *_ = agent.get_action_and_value(agent.prepare(np.asarray(obs)[None]), gid,
-                                                            deterministic=deterministic, last_action=last)
-                last = action if agent.last_action else None
+                                                            deterministic=deterministic)
                 obs, _, terminated, truncated, info = env.step(int(action[0]))
                 success = success or bool(info.get("success", False))
                 frames.append(caption(env.render(), goal, success) if language else env.render())
