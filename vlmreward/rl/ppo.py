@@ -82,8 +82,8 @@ class Args:
                                        "when it is a frame)")
     max_attempts: int | None = option(None, "household Lift / PickPlace: the episode ends at this many pickups / "
                                             "drops, right or wrong (None: never; the environment's max_attempts)")
-    frame_size: int | None = option(None, "side of the household domains' RGB frames (default: the reward model's "
-                                      "input size: no resize in the reward)")
+    frame_size: int | None = option(None, "side of the household domains' RGB frames (default: the environment's, "
+                                      "224, as the default model's training frames; the reward resizes them)")
     # --- agent ---
     image_size: int = option(56, "side of the frames the policy sees (downsampled)")
     patch: int = option(8, "patch size of the policy's first convolution (one grid cell of the 7x7 rooms)")

@@ -77,10 +77,10 @@ class Task:
         from vlmreward.reward import RewardModel
 
         model = load_model(args.model, args.pretrained, device=str(device))
-        frame_size = args.frame_size
-        if frame_size is None and hasattr(base, "frame_size"):  # frames at the model's size: no resize later
-            frame_size = int(model.preprocess_kwargs["image_size"])
-        self.env_kwargs = _env_kwargs(args, frame_size)
+        # frames at the environment's own size by default (household: 224), resized by the reward's preprocess as
+        # the default model's training frames were: drawn natively at its 84-pixel input, thin silhouettes
+        # (rings) differ enough that it fires on rooms where no goal holds (docs/results/training.md)
+        self.env_kwargs = _env_kwargs(args, args.frame_size)
         kw = {"templates": tuple(args.templates)} if args.templates else {}
         negatives = list(self.task_set) + task_sets(args.negatives_from or (), self.task_set)
         self.bank = GoalBank(model, list(self.task_set), negatives=negatives,
