@@ -173,6 +173,8 @@ class HouseholdEnv(RoomGrid):
         grid_size: room side in cells, walls included (>= 5).
         frame_size: side S of the square RGB observation in pixels; tiles are ``frame_size // grid_size``
             pixels and the grid is centred on a black canvas when S is not a multiple of ``grid_size``.
+            The default reward model was trained on 224-pixel frames resized to its input: frames drawn
+            natively smaller lower its precision (docs/environments.md).
         num_objects: objects in the room (goal objects + distractors), 2..(grid_size - 2)**2 // 3.
         view: "room" (the whole room from above) or "egocentric" (MiniGrid's 7 x 7 agent view, rotated so
             that the agent faces up).
