@@ -149,18 +149,16 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
         video.record(run, tmp_path / "b.avi")
 
 
-@pytest.mark.parametrize("goal_components", [0, 3])
-def test_evaluate_agent_command_reruns_the_checkpoints_task(tmp_path, tiny_clip_dir, goal_components):
+def test_evaluate_agent_command_reruns_the_checkpoints_task(tmp_path, tiny_clip_dir):
     """`vlmreward evaluate-agent` rebuilds the run's task from the checkpoint: its numbers are those of
-    evaluate_agent on the trained agent in the trainer's own Task, and they repeat for the same seed (also with
-    the goal basis of --goal-components, rebuilt from the checkpoint without the training goals' ids)."""
+    evaluate_agent on the trained agent in the trainer's own Task, and they repeat for the same seed."""
     from vlmreward.rl import evaluate
     from vlmreward.rl.checkpoint import build_agent, load_checkpoint
     from vlmreward.rl.task import Task, evaluate_agent
     run = tmp_path / "run"
     args = ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", num_envs=2, num_steps=16, num_minibatches=2,
                            total_timesteps=32, eval_episodes=1, frame_size=56, max_episode_steps=6),
-                    model=str(tiny_clip_dir), run_dir=str(run), goal_components=goal_components)
+                    model=str(tiny_clip_dir), run_dir=str(run))
     ppo.train(args)
     got = evaluate.evaluate_checkpoint(run, episodes=3, seed=5)
     assert got == evaluate.evaluate_checkpoint(run / "checkpoint.pt", episodes=3, seed=5) | {
@@ -324,45 +322,6 @@ def test_goal_noise_perturbs_only_the_training_forward():
     for bad in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="goal_noise"):
             Agent((56, 56, 3), 3, emb, goal_noise=bad)
-
-
-def test_goal_components_project_goals_on_the_training_goals_span():
-    """--goal-components k: the policy's goal is the standardised embedding's coordinates on the top-k principal
-    directions of the training goals (float64 numpy SVD as reference): an orthonormal basis inside their span,
-    so a held-out goal reaches the policy as its least-squares projection on that span, and a change of a goal
-    embedding orthogonal to the span changes nothing; k beyond the rank is clipped to it; k < 0 is an error."""
-    torch.manual_seed(0)
-    emb = torch.randn(9, 16)
-    train = [0, 1, 2, 3, 4, 5]
-    agent = Agent((56, 56, 3), 3, emb, train_goal_ids=train, goal_heads=2, goal_components=3)
-    z = ((emb - agent.goal_mean) / agent.goal_std).double().numpy()
-    zt = z[train] - z[train].mean(0)  # the standardised training goals are centred by construction
-    _, _, vt = np.linalg.svd(zt, full_matrices=False)
-    basis = agent.goal_basis.double().numpy()
-    assert basis.shape == (16, 3)
-    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-5)
-    np.testing.assert_allclose(np.abs(basis.T @ vt[:3].T), np.eye(3), atol=1e-4)  # same directions, up to sign
-    goals = agent._goal(torch.arange(9)).double().numpy()
-    np.testing.assert_allclose(goals, z @ basis, atol=1e-5)
-    # the whole span: the rank of 6 centred goals is 5, and a held-out goal is its projection on that span
-    full = Agent((56, 56, 3), 3, emb, train_goal_ids=train, goal_heads=2, goal_components=100)
-    assert full.goal_basis.shape == (16, 5)
-    coef = np.linalg.lstsq(zt.T, z[8], rcond=None)[0]
-    np.testing.assert_allclose(full.goal_basis.double().numpy() @ full._goal(torch.tensor([8]))[0].double().numpy(),
-                               zt.T @ coef, atol=1e-4)
-    # a change orthogonal to the training span leaves the policy unchanged; one inside it does not
-    off_span = torch.randn(16, dtype=torch.float64)
-    off_span -= torch.from_numpy(vt[:5].T @ (vt[:5] @ off_span.numpy()))
-    x = full.prepare(np.random.default_rng(0).integers(0, 256, (1, 56, 56, 3), dtype=np.uint8))
-    a = torch.zeros(1, dtype=torch.int64)
-    before = full.get_action_and_value(x, torch.tensor([8]), a)[1]
-    table = full.goal_embeddings.clone()
-    full.goal_embeddings[8] += (5 * off_span * full.goal_std.double()).float()
-    torch.testing.assert_close(full.get_action_and_value(x, torch.tensor([8]), a)[1], before, rtol=0, atol=1e-5)
-    full.goal_embeddings[8] = table[8] + 5 * full.goal_std * full.goal_basis[:, 0]
-    assert not torch.allclose(full.get_action_and_value(x, torch.tensor([8]), a)[1], before, atol=1e-4)
-    with pytest.raises(ValueError, match="goal_components"):
-        Agent((56, 56, 3), 3, emb, goal_components=-1)
 
 
 def test_hindsight_samples_hand_computed():

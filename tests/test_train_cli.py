@@ -82,7 +82,6 @@ def test_missing_config_file(tmp_path):
     (["--depth", "-1"], "depth"),
     (["--goal-noise", "-0.1"], "goal_noise must be >= 0"),
     (["--goal-noise", "nan"], "goal_noise must be >= 0"),
-    (["--goal-components", "-2"], "goal_components must be >= 0"),
 ])
 def test_bad_values(argv, match):
     with pytest.raises(ValueError, match=match):

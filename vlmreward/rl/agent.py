@@ -146,26 +146,17 @@ class Agent(nn.Module):
             image_size x image_size; one patch per grid cell; ``PixelEncoder``).
         goal_noise: std of Gaussian noise on the standardised goal embedding in the training forward only
             (a smoothness prior on the goal conditioning, for held-out goals' new embeddings); 0: off.
-        goal_components: k > 0: the standardised goal embedding is replaced by its coordinates on the top k
-            principal directions of the training goals' standardised embeddings (k is clipped to their rank,
-            at most len(train_goal_ids) - 1); 0: off. Why: a linear layer gets no gradient along directions in
-            which no training goal varies, so a held-out goal's component there (~40% of its norm for the
-            household goals) reaches the policy through untrained initial weights; its projection on the
-            training goals' span is the part the policy has learned to read.
     Raises:
-        ValueError: an observation shape that is neither (H,W,3) nor (D,), a bad goal table or a negative
-            ``goal_components``.
+        ValueError: an observation shape that is neither (H,W,3) nor (D,), or a bad goal table.
     """
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
                  channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
-                 precision: str = "fp32", goal_noise: float = 0.0, goal_components: int = 0):
+                 precision: str = "fp32", goal_noise: float = 0.0):
         super().__init__()
         if not goal_noise >= 0:  # NaN too
             raise ValueError(f"goal_noise must be >= 0, got {goal_noise}")
-        if goal_components < 0:
-            raise ValueError(f"goal_components must be >= 0, got {goal_components}")
         self.goal_noise = float(goal_noise)
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -180,16 +171,6 @@ class Agent(nn.Module):
         self.register_buffer("goal_mean", mean)
         self.register_buffer("goal_std", std.clamp_min(1e-3 * float(std.max()) if std.numel() else 1.0))
         goal_dim = goal_embeddings.shape[1]
-        self.register_buffer("goal_basis", None)  # (E,k) when goal_components > 0
-        if goal_components and goal_dim:
-            # principal directions of the standardised training goals (rows of Vh), those of non-zero variance
-            z = ((ref - mean) / self.goal_std).double()
-            _, sv, vh = torch.linalg.svd(z, full_matrices=False)
-            rank = int((sv > 1e-6 * float(sv.max())).sum()) if len(sv) and float(sv.max()) > 0 else 0
-            if rank == 0:
-                raise ValueError("goal_components needs at least two different training goals")
-            self.register_buffer("goal_basis", vh[:min(goal_components, rank)].T.float().contiguous())
-            goal_dim = self.goal_basis.shape[1]
         shape = tuple(observation_shape)
         self.critic_encoder = None
         if len(shape) == 3 and shape[-1] == 3:
@@ -212,8 +193,7 @@ class Agent(nn.Module):
         return self.encoder.prepare(observations).to(self.goal_embeddings.device)
 
     def _goal(self, goal_ids: torch.Tensor) -> torch.Tensor:
-        goal = (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
-        return goal if self.goal_basis is None else goal @ self.goal_basis
+        return (self.goal_embeddings[goal_ids] - self.goal_mean) / self.goal_std
 
     def _encode(self, x, goal) -> torch.Tensor:
         """Encoder features, float32; with precision "bf16" the encoder runs under bfloat16 autocast (the

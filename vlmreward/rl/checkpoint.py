@@ -43,11 +43,6 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def _basis_width(weights: dict) -> int:
-    basis = weights.get("goal_basis")
-    return 0 if basis is None else int(basis.shape[1])
-
-
 def build_agent(state: dict):
     """The agent of a checkpoint, weights loaded, in eval mode."""
     from vlmreward.rl.agent import Agent
@@ -55,8 +50,6 @@ def build_agent(state: dict):
     a, meta = state["meta"]["args"], state["meta"]
     agent = Agent(meta["observation_shape"], meta["num_actions"], state["agent"]["goal_embeddings"],
                   image_size=a["image_size"], patch=a["patch"], channels=a["channels"], hidden=a["hidden"],
-                  goal_heads=a["goal_heads"], depth=a.get("depth", 3), precision=a["policy_precision"],
-                  # the basis of a checkpoint is loaded below; its width is what training clipped k to
-                  goal_components=_basis_width(state["agent"]))
+                  goal_heads=a["goal_heads"], depth=a.get("depth", 3), precision=a["policy_precision"])
     agent.load_state_dict(state["agent"])
     return agent.eval()

@@ -95,9 +95,6 @@ class Args:
                            "per-cell 1x1 stem, keypoints and max-pool only)")
     goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
                                     "updates only (PPO and hindsight examples; not rollouts or evaluation; 0: off)")
-    goal_components: int = option(0, "the policy reads the goal embedding's coordinates on the top k principal "
-                                     "directions of the training goals' embeddings (clipped to their rank; 0: the "
-                                     "whole standardised embedding)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
                                            "losses float32), faster on CPUs with AVX-512-BF16")
     # --- PPO (CleanRL defaults) ---
@@ -145,7 +142,6 @@ class Args:
         require(self.depth >= 0 and self.goal_heads >= 0,
                 f"depth and goal_heads must be >= 0, got {self.depth}, {self.goal_heads}")
         require(self.goal_noise >= 0, f"goal_noise must be >= 0, got {self.goal_noise}")  # NaN fails too
-        require(self.goal_components >= 0, f"goal_components must be >= 0, got {self.goal_components}")
         require(self.frame_source in FRAME_SOURCES,
                 f"frame_source must be one of {FRAME_SOURCES}, got {self.frame_source!r}")
         require(self.view is None or self.view in VIEWS, f"view must be one of {VIEWS}, got {self.view!r}")
@@ -370,8 +366,7 @@ def train(args: Args) -> dict:
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
                   patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
-                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise,
-                  goal_components=args.goal_components).to(device)
+                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:
