@@ -67,12 +67,13 @@ def resolve_config_path(name_or_path) -> Path:
                             f"{', '.join(shipped_configs()) or 'none'})")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls, *, shipped: bool = True) -> None:
     """Adds ``--config`` and one ``--flag`` per field of ``cls``; unset flags stay absent from the namespace,
-    so that a config file can fill them."""
+    so that a config file can fill them. ``shipped``: the help names the shipped configs (``vlmreward train``'s;
+    they are no configs of another command)."""
+    names = f", or a shipped config name ({', '.join(shipped_configs())})" if shipped else ""
     parser.add_argument("--config", default=None,
-                        help=f"YAML file of {cls.__name__} fields, or a shipped config name "
-                             f"({', '.join(shipped_configs())}); flags override it")
+                        help=f"YAML file of {cls.__name__} fields{names}; flags override it")
     for f in dataclasses.fields(cls):
         t, optional = _field_type(cls, f)
         flag = "--" + f.name.replace("_", "-")

@@ -102,7 +102,7 @@ class PretrainConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config`` and one flag per ``PretrainConfig`` field (:mod:`vlmreward.config`)."""
-    config.add_arguments(parser, PretrainConfig)
+    config.add_arguments(parser, PretrainConfig, shipped=False)
 
 
 def run(args: argparse.Namespace) -> int:
