@@ -149,16 +149,18 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
         video.record(run, tmp_path / "b.avi")
 
 
-def test_evaluate_agent_command_reruns_the_checkpoints_task(tmp_path, tiny_clip_dir):
+@pytest.mark.parametrize("goal_wordings", [False, True])
+def test_evaluate_agent_command_reruns_the_checkpoints_task(tmp_path, tiny_clip_dir, goal_wordings):
     """`vlmreward evaluate-agent` rebuilds the run's task from the checkpoint: its numbers are those of
-    evaluate_agent on the trained agent in the trainer's own Task, and they repeat for the same seed."""
+    evaluate_agent on the trained agent in the trainer's own Task, and they repeat for the same seed (also for
+    an agent trained with --goal-wordings, whose checkpoint carries its wording table)."""
     from vlmreward.rl import evaluate
     from vlmreward.rl.checkpoint import build_agent, load_checkpoint
     from vlmreward.rl.task import Task, evaluate_agent
     run = tmp_path / "run"
     args = ppo.Args(**dict(QUICK, env_id="vlmreward/Find-v0", num_envs=2, num_steps=16, num_minibatches=2,
                            total_timesteps=32, eval_episodes=1, frame_size=56, max_episode_steps=6),
-                    model=str(tiny_clip_dir), run_dir=str(run))
+                    model=str(tiny_clip_dir), run_dir=str(run), goal_wordings=goal_wordings)
     ppo.train(args)
     got = evaluate.evaluate_checkpoint(run, episodes=3, seed=5)
     assert got == evaluate.evaluate_checkpoint(run / "checkpoint.pt", episodes=3, seed=5) | {
@@ -322,6 +324,52 @@ def test_goal_noise_perturbs_only_the_training_forward():
     for bad in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="goal_noise"):
             Agent((56, 56, 3), 3, emb, goal_noise=bad)
+
+
+def test_goal_wordings_change_only_the_training_forward():
+    """--goal-wordings: the training call reads each example's goal in a wording drawn from its row of
+    wording_embeddings (standardised like the goal; matches an explicit call with the drawn wordings), rollouts
+    and evaluation read the goal's own embedding; a table of the wrong shape is an error."""
+    torch.manual_seed(0)
+    emb, words = torch.randn(5, 16), torch.randn(5, 3, 16)
+    agent = Agent((56, 56, 3), 3, emb, train_goal_ids=[0, 1, 2], goal_heads=2, wording_embeddings=words)
+    plain = Agent((56, 56, 3), 3, emb, train_goal_ids=[0, 1, 2], goal_heads=2)
+    plain.load_state_dict({k: v for k, v in agent.state_dict().items() if k != "wording_embeddings"})
+    x = agent.prepare(np.random.default_rng(0).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8))
+    goals, actions = torch.tensor([0, 1, 3, 4]), torch.zeros(4, dtype=torch.int64)
+    torch.testing.assert_close(agent.get_action_and_value(x, goals, actions)[1],
+                               plain.get_action_and_value(x, goals, actions)[1], rtol=0, atol=0)
+    torch.manual_seed(3)
+    _, lp, _, v = agent(x, goals, actions)
+    torch.manual_seed(3)
+    drawn = torch.randint(3, (4,))
+    goal = (words[goals, drawn] - agent.goal_mean) / agent.goal_std
+    h = agent._encode(x, goal)
+    torch.testing.assert_close(lp, torch.distributions.Categorical(logits=agent.actor(h)).log_prob(actions))
+    torch.testing.assert_close(v, agent.critic(h).squeeze(-1))
+    with pytest.raises(ValueError, match="wording_embeddings"):
+        Agent((56, 56, 3), 3, emb, wording_embeddings=torch.randn(4, 3, 16))
+
+
+def test_task_embeds_every_goal_in_its_training_wordings(tiny_clip_dir):
+    """Task.wording_embeddings: row g holds goal g in each training wording of vlmreward.envs.language (the
+    canonical string first, equal to the bank's goal embedding), embedded as the bank embeds goals."""
+    from vlmreward.envs.language import wordings
+    from vlmreward.goals import embed_strings
+    from vlmreward.models import load_model
+    from vlmreward.rl.task import Task
+    task = Task(ppo.Args(env_id="vlmreward/Lift-v0", reward="gt", model=str(tiny_clip_dir), goal_wordings=True),
+                torch.device("cpu"))
+    g = task.goal_id("pick up the red ball")
+    table = task.wording_embeddings
+    assert table.shape == (len(task.task_set), len(wordings("pick up the red ball")), task.goal_embeddings.shape[1])
+    torch.testing.assert_close(table[:, 0], task.goal_embeddings)
+    ref = embed_strings(load_model(str(tiny_clip_dir)), list(wordings("pick up the red ball")))
+    torch.testing.assert_close(table[g], ref)
+    assert Task(ppo.Args(env_id="vlmreward/Lift-v0", reward="gt", model=str(tiny_clip_dir)),
+                torch.device("cpu")).wording_embeddings is None
+    with pytest.raises(ValueError, match="goal-wordings"):
+        Task(ppo.Args(env_id="CartPole-v1", reward="gt", goal_wordings=True), torch.device("cpu"))
 
 
 def test_hindsight_samples_hand_computed():

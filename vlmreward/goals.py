@@ -118,7 +118,7 @@ class GoalBank:
             warnings.warn(f"the tokenizer cannot tell these goals apart (identical token ids in every template, "
                           f"e.g. after lower-casing, whitespace clean-up or the context-length cut), so they embed "
                           f"identically: {same}", UserWarning, stacklevel=2)
-        self._set(model, goals, templates, strings, _embed(model, strings, templates, template_ensembling),
+        self._set(model, goals, templates, strings, embed_strings(model, strings, templates, template_ensembling),
                   goal_sets, seed=None if seed is None else int(seed),
                   num_negatives=None if num_negatives is None else int(num_negatives), task_set=task_set,
                   template_ensembling=template_ensembling)
@@ -211,9 +211,10 @@ def _texts(strings, templates) -> list[str]:
 
 
 @torch.inference_mode()
-def _embed(model, strings: list[str], templates: tuple[str, ...], ensembling: str) -> torch.Tensor:
-    """(K, D) template-ensembled embeddings: mean_t normalise(g(t.format(s))), renormalised for
-    "normalized_mean"."""
+def embed_strings(model, strings: list[str], templates: tuple[str, ...] = ("{}",),
+                  ensembling: str = "normalized_mean") -> torch.Tensor:
+    """(K, D) float32 template-ensembled text embeddings of ``strings``, as a GoalBank embeds its goals:
+    mean_t normalise(g(t.format(s))), renormalised for "normalized_mean"."""
     e = F.normalize(model.encode_text(_texts(strings, templates)).float(), dim=-1)
     e = e.view(len(strings), len(templates), -1).mean(dim=1)
     return F.normalize(e, dim=-1) if ensembling == "normalized_mean" else e

@@ -146,6 +146,10 @@ class Agent(nn.Module):
             image_size x image_size; one patch per grid cell; ``PixelEncoder``).
         goal_noise: std of Gaussian noise on the standardised goal embedding in the training forward only
             (a smoothness prior on the goal conditioning, for held-out goals' new embeddings); 0: off.
+        wording_embeddings: float (G,W,E): goal g in W wordings (``Task.wording_embeddings``); the training
+            forward reads each example's goal in a wording drawn uniformly (language augmentation, after Hill et
+            al., arXiv 1910.00571: varied language for held-out goals); rollouts and evaluation read
+            ``goal_embeddings``. None: off.
     Raises:
         ValueError: an observation shape that is neither (H,W,3) nor (D,), or a bad goal table.
     """
@@ -153,7 +157,8 @@ class Agent(nn.Module):
     def __init__(self, observation_shape: Sequence[int], num_actions: int, goal_embeddings: torch.Tensor, *,
                  train_goal_ids: Sequence[int] | None = None, image_size: int = 56, patch: int = 8,
                  channels: int = 64, hidden: int = 256, goal_heads: int = 0, depth: int = 3,
-                 precision: str = "fp32", goal_noise: float = 0.0):
+                 precision: str = "fp32", goal_noise: float = 0.0,
+                 wording_embeddings: torch.Tensor | None = None):
         super().__init__()
         if not goal_noise >= 0:  # NaN too
             raise ValueError(f"goal_noise must be >= 0, got {goal_noise}")
@@ -168,6 +173,12 @@ class Agent(nn.Module):
         mean = ref.mean(0)
         std = ref.std(0) if len(ref) > 1 else torch.ones_like(mean)
         self.register_buffer("goal_embeddings", goal_embeddings)
+        if wording_embeddings is not None:
+            wording_embeddings = torch.as_tensor(wording_embeddings, dtype=torch.float32).detach().clone()
+            if wording_embeddings.dim() != 3 or wording_embeddings.shape[::2] != goal_embeddings.shape:
+                raise ValueError(f"wording_embeddings must be (G,W,E) = ({goal_embeddings.shape[0]},W,"
+                                 f"{goal_embeddings.shape[1]}), got {tuple(wording_embeddings.shape)}")
+        self.register_buffer("wording_embeddings", wording_embeddings)
         self.register_buffer("goal_mean", mean)
         self.register_buffer("goal_std", std.clamp_min(1e-3 * float(std.max()) if std.numel() else 1.0))
         goal_dim = goal_embeddings.shape[1]
@@ -213,9 +224,13 @@ class Agent(nn.Module):
 
     def forward(self, x: torch.Tensor, goal_ids: torch.Tensor, action: torch.Tensor):
         """``get_action_and_value`` for given actions: the training call (DistributedDataParallel wraps it);
-        with ``goal_noise`` > 0 the standardised goal embedding gets Gaussian noise of that std per dimension
-        here only, never in rollouts or evaluation."""
-        goal = self._goal(goal_ids)
+        here only, never in rollouts or evaluation, each goal is read in a random wording (with
+        ``wording_embeddings``) and the standardised goal embedding gets Gaussian noise of std ``goal_noise``."""
+        if self.wording_embeddings is None:
+            goal = self._goal(goal_ids)
+        else:
+            w = torch.randint(self.wording_embeddings.shape[1], goal_ids.shape, device=goal_ids.device)
+            goal = (self.wording_embeddings[goal_ids, w] - self.goal_mean) / self.goal_std
         if self.goal_noise:
             goal = goal + self.goal_noise * torch.randn_like(goal)
         return self._act(x, goal, action)

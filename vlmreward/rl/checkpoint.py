@@ -50,6 +50,7 @@ def build_agent(state: dict):
     a, meta = state["meta"]["args"], state["meta"]
     agent = Agent(meta["observation_shape"], meta["num_actions"], state["agent"]["goal_embeddings"],
                   image_size=a["image_size"], patch=a["patch"], channels=a["channels"], hidden=a["hidden"],
-                  goal_heads=a["goal_heads"], depth=a.get("depth", 3), precision=a["policy_precision"])
+                  goal_heads=a["goal_heads"], depth=a.get("depth", 3), precision=a["policy_precision"],
+                  wording_embeddings=state["agent"].get("wording_embeddings"))
     agent.load_state_dict(state["agent"])
     return agent.eval()

@@ -95,6 +95,9 @@ class Args:
                            "per-cell 1x1 stem, keypoints and max-pool only)")
     goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
                                     "updates only (PPO and hindsight examples; not rollouts or evaluation; 0: off)")
+    goal_wordings: bool = option(False, "in PPO updates the policy reads each goal in one of its training "
+                                        "wordings, drawn per example (vlmreward.envs.language; rollouts and "
+                                        "evaluation: the goal's own string)")
     policy_precision: str = option("fp32", "'bf16': the policy's encoder runs under bfloat16 autocast (heads and "
                                            "losses float32), faster on CPUs with AVX-512-BF16")
     # --- PPO (CleanRL defaults) ---
@@ -366,7 +369,8 @@ def train(args: Args) -> dict:
     agent = Agent(task.observation_shape, task.num_actions, task.goal_embeddings,
                   train_goal_ids=[task.goal_id(g) for g in task.train_goals], image_size=args.image_size,
                   patch=args.patch, channels=args.channels, hidden=args.hidden, goal_heads=args.goal_heads,
-                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise).to(device)
+                  depth=args.depth, precision=args.policy_precision, goal_noise=args.goal_noise,
+                  wording_embeddings=task.wording_embeddings).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start_iteration, global_step, last_eval = 1, 0, {}
     if state is not None:

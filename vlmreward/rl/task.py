@@ -26,7 +26,9 @@ class Task:
     Attributes: ``language`` (the env has language goals), ``task_set`` / ``train_goals`` / ``heldout_goals``
     (tuples of goal strings), ``bank`` (GoalBank over the task set; negatives: the task set plus those of
     ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode,
-    else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``terminate_on_success`` (VLM success ends an
+    else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``wording_embeddings`` float32 (G,W,E) on the
+    CPU with ``args.goal_wordings`` (row g: goal g in each of its W training wordings,
+    :func:`vlmreward.envs.language.wordings`, cycled to the longest; else None), ``terminate_on_success`` (VLM success ends an
     episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
     ``fire_check=False``: no warning that the binary reward always / never fired (a trained agent under
     evaluation may hold its goal on every frame). Raises ValueError for an unknown id, a non-Discrete action
@@ -56,10 +58,11 @@ class Task:
             if args.reward == "vlm":
                 raise ValueError(f"{args.env_id} has no language goals (no task_set): use --reward gt or a "
                                  "vlmreward/* environment")
-            if args.train_goals:
-                raise ValueError(f"{args.env_id} has no language goals; --train-goals does not apply")
+            if args.train_goals or args.goal_wordings:
+                raise ValueError(f"{args.env_id} has no language goals; --train-goals and --goal-wordings do "
+                                 "not apply")
             self.task_set, self.train_goals, self.heldout_goals = ("",), ("",), ()
-            self.goal_embeddings = torch.zeros(1, 0)
+            self.goal_embeddings, self.wording_embeddings = torch.zeros(1, 0), None
             self.env_kwargs = _env_kwargs(args, None)
             return
         self.task_set = tuple(base.task_set)
@@ -86,6 +89,9 @@ class Task:
         self.bank = GoalBank(model, list(self.task_set), negatives=negatives,
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
+        self.wording_embeddings = None
+        if args.goal_wordings:
+            self.wording_embeddings = _wording_embeddings(model, self.bank, args.templates)
         if args.reward == "vlm":
             self.reward_model = RewardModel(model, self.bank, threshold=args.threshold, mode=args.reward_mode,
                                             baseline=args.baseline, alpha=args.alpha,
@@ -93,6 +99,18 @@ class Task:
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
+
+
+def _wording_embeddings(model, bank, templates) -> torch.Tensor:
+    """(G,W,E) float32 CPU embeddings of every bank goal in each of its training wordings (the canonical one
+    first), embedded as the bank embeds goals; goals with fewer wordings repeat theirs."""
+    from vlmreward.envs.language import reword, wordings
+    from vlmreward.goals import embed_strings
+
+    width = max(len(wordings(g)) for g in bank.goals)
+    strings = [reword(g, w, "train") for g in bank.goals for w in range(width)]
+    emb = embed_strings(model, strings, tuple(templates) if templates else ("{}",), bank.template_ensembling)
+    return emb.float().cpu().view(len(bank.goals), width, -1).clone()
 
 
 def _env_kwargs(args, frame_size: int | None) -> dict:
