@@ -51,7 +51,7 @@ RANDOM = "random"
 #: the frame edges), bicubic, OpenAI CLIP mean/std (open_clip's default).
 TRAINING_PREPROCESS = {"resize_mode": "squash", "interpolation": "bicubic"}
 
-import vlmreward.towers  # noqa: E402  (registers the timm towers and text pooler the configs below name)
+import vlmreward.towers  # noqa: E402,F401  (registers the timm towers the configs below name)
 
 if MODEL_CONFIG_DIR.is_dir():
     open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -407,12 +407,10 @@ def _create(source: str, model_cfg: dict, *, pretrained_text: bool, device, prec
         overrides["text_cfg"] = text_cfg
     try:
         with _quiet():
-            module = open_clip.create_model(source, pretrained=None, load_weights=False, device=device,
-                                            precision=precision, force_preprocess_cfg=preprocess, **overrides)
+            return open_clip.create_model(source, pretrained=None, load_weights=False, device=device,
+                                          precision=precision, force_preprocess_cfg=preprocess, **overrides)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"cannot build model {name!r} from its config: {e}") from e
-    vlmreward.towers.size_text_pooler(module)
-    return module
 
 
 class _QuietOpenClip(logging.Filter):
