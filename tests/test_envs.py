@@ -350,6 +350,28 @@ def test_distractors_usually_share_the_goal_objects_colour_or_type():
     assert shares >= 85
 
 
+@pytest.mark.parametrize("env_id", HOUSEHOLD)
+def test_heldout_distractors_false_keeps_heldout_pairs_to_goal_objects(env_id):
+    """heldout_distractors=False: a held-out pair is in the room only as a goal object (training goals: never);
+    by default held-out pairs are frequent distractors of training goals (the test would fail if the option did
+    nothing)."""
+    def heldout_in_room(env, goal, seed):
+        env.reset(seed=seed, options={"goal": goal})
+        return {(x.color, x.type) for x in env.unwrapped.grid.grid
+                if x is not None and x.type != "wall"} & HELDOUT_PAIRS
+
+    strict, default = gym.make(env_id, heldout_distractors=False, **SMALL), gym.make(env_id, **SMALL)
+    base = strict.unwrapped
+    train, heldout = base.train_goals, base.heldout_goals
+    seen = 0
+    for seed in range(60):
+        assert not heldout_in_room(strict, train[seed % len(train)], seed)
+        seen += bool(heldout_in_room(default, train[seed % len(train)], seed))
+        goal = heldout[seed % len(heldout)]
+        assert heldout_in_room(strict, goal, seed) == HELDOUT_PAIRS.intersection(base._specs[goal])
+    assert seen >= 15
+
+
 def test_egocentric_view_puts_the_faced_cell_in_front_of_the_agent():
     """In the egocentric frame the agent sits at the bottom centre facing up, so the cell it faces (what a Find
     goal names) is always tile (3, 5) of the 7 x 7 view, whichever way the agent is turned."""

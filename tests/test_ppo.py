@@ -372,6 +372,20 @@ def test_task_embeds_every_goal_in_its_training_wordings(tiny_clip_dir):
         Task(ppo.Args(env_id="CartPole-v1", reward="gt", goal_wordings=True), torch.device("cpu"))
 
 
+def test_heldout_distractors_reach_the_training_rooms_only(tiny_clip_dir):
+    """--no-heldout-distractors: the rollout environments drop held-out distractors, evaluation rooms keep the
+    environment's default; environments without distractors refuse the flag."""
+    from vlmreward.rl.task import Task, make_envs
+    task = Task(ppo.Args(env_id="vlmreward/Lift-v0", reward="gt", model=str(tiny_clip_dir), frame_size=70,
+                         heldout_distractors=False), torch.device("cpu"))
+    for training, expected in ((True, False), (False, True)):
+        envs = make_envs(task, 2, task.train_goals, training=training)
+        assert envs.unwrapped.get_attr("heldout_distractors") == (expected, expected)
+        envs.close()
+    with pytest.raises(ValueError, match="heldout-distractors"):
+        Task(ppo.Args(env_id="CartPole-v1", reward="gt", heldout_distractors=False), torch.device("cpu"))
+
+
 def test_hindsight_samples_hand_computed():
     """Relabelling: steps up to `window` before an achievement, within one episode, decayed weights."""
     T, window, decay = 5, 4, 0.5

@@ -185,6 +185,10 @@ class HouseholdEnv(RoomGrid):
             wrong pick final (a learning aid: success within n attempts is a lower bound on success with
             free attempts, same goals). Find has no pickup: ValueError.
         goal_pool: goals that ``reset`` samples from (default ``train_goals``).
+        heldout_distractors: True: any pair may be a distractor, held-out pairs included (the split's rule:
+            never in a training caption). False: a held-out pair is in the room only as a goal object, so an
+            agent trained on training goals never meets one (a strict zero-shot split; without it a Lift agent
+            learns that held-out objects are never rewarded, docs/results/training.md).
         render_mode: None or "rgb_array": ``render()`` returns the room from above (the observation frame itself
             when ``view="room"``), so a reward model can score the room while the agent observes its own view.
 
@@ -198,7 +202,8 @@ class HouseholdEnv(RoomGrid):
 
     def __init__(self, family: str = "find", *, grid_size: int = 7, frame_size: int = 224, num_objects: int = 5,
                  view: str = "room", max_steps: int | None = None, goal_pool=None,
-                 render_mode: str | None = None, max_attempts: int | None = None):
+                 render_mode: str | None = None, max_attempts: int | None = None,
+                 heldout_distractors: bool = True):
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
         if render_mode not in (None, "rgb_array"):
@@ -221,6 +226,7 @@ class HouseholdEnv(RoomGrid):
         self.view = view
         self.frame_size = int(frame_size)
         self.num_objects = int(num_objects)
+        self.heldout_distractors = bool(heldout_distractors)
         self._specs = goal_specs(family)
         self.task_set: tuple[str, ...] = tuple(self._specs)
         self._goal_index = {pairs: k for k, pairs in enumerate(self._specs.values())}
@@ -320,7 +326,7 @@ class HouseholdEnv(RoomGrid):
         each, one of its colour and one of its type (a goal's words then only fit the goal object), the
         rest uniform."""
         rng, room = self.np_random, self.num_objects - len(need)
-        others = [p for p in PAIRS if p not in need]
+        others = [p for p in PAIRS if p not in need and (self.heldout_distractors or p not in HELDOUT_PAIRS)]
         picks: list[tuple[str, str]] = []
         for colour, kind in need:
             for shares in (lambda p: p[0] == colour, lambda p: p[1] == kind):

@@ -82,6 +82,9 @@ class Args:
                                        "when it is a frame)")
     max_attempts: int | None = option(None, "household Lift / PickPlace: the episode ends at this many pickups / "
                                             "drops, right or wrong (None: never; the environment's max_attempts)")
+    heldout_distractors: bool = option(True, "household domains, training rooms only: held-out pairs may be "
+                                             "distractors (--no-heldout-distractors: never; evaluation rooms are "
+                                             "the environment's own)")
     frame_size: int | None = option(None, "side of the household domains' RGB frames (default: the environment's, "
                                       "224, as the default model's training frames; the reward resizes them)")
     # --- agent ---
@@ -399,7 +402,7 @@ def train(args: Args) -> dict:
                 logger.log(f"eval/{split}_{key}", r[key], global_step)
         return out
 
-    envs = make_envs(task, B, task.train_goals, mode=args.vectorization_mode)
+    envs = make_envs(task, B, task.train_goals, mode=args.vectorization_mode, training=True)
     env_seed = args.seed + 10_000 * rank + 1_000_003 * (start_iteration - 1)  # new episodes after a resume
     obs, infos = envs.reset(seed=[env_seed + i for i in range(B)])
     raw, goal_ids = split_observation(task, obs, infos, B)

@@ -49,6 +49,9 @@ class Task:
         probe.close()
         if args.view is not None and not hasattr(base, "view"):
             raise ValueError(f"{args.env_id} has no views: --view applies to the household domains")
+        if not args.heldout_distractors and not hasattr(base, "heldout_distractors"):
+            raise ValueError(f"{args.env_id} has no distractors: --no-heldout-distractors applies to the household "
+                             "domains")
         if args.max_attempts is not None and not hasattr(base, "max_attempts"):
             raise ValueError(f"{args.env_id} has no attempts: --max-attempts applies to household Lift / PickPlace")
         self.reward_model = self.bank = None
@@ -126,11 +129,14 @@ def _env_kwargs(args, frame_size: int | None) -> dict:
     return kwargs
 
 
-def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync") -> EpisodeStatistics:
-    """A vector env over ``task`` (NEXT_STEP autoreset) with the wrappers of the module doc."""
+def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync", training: bool = False) -> EpisodeStatistics:
+    """A vector env over ``task`` (NEXT_STEP autoreset) with the wrappers of the module doc; ``training``: the
+    rollout environments, which also take the training-only room options (``heldout_distractors``)."""
     vlm = task.reward_model is not None
     wrappers = [NoSuccessTermination] if vlm and task.terminate_on_success else None
     kwargs = dict(task.env_kwargs)
+    if training and not task.args.heldout_distractors:
+        kwargs["heldout_distractors"] = False
     if task.language:
         kwargs["render_mode"] = "rgb_array"
         kwargs["goal_pool"] = tuple(goals)
