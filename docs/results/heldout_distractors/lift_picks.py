@@ -11,7 +11,7 @@ import vlmreward  # registers envs
 from vlmreward.rl.checkpoint import build_agent, load_checkpoint
 from vlmreward.rl.ppo import Args
 from vlmreward.rl.task import Task
-from vlmreward.envs.household import HELDOUT_PAIRS
+from vlmreward.envs.household import HELDOUT_PAIRS, OBJECTS
 
 torch.set_num_threads(1)
 state = load_checkpoint(sys.argv[1]); args = Args(**state["meta"]["args"])
@@ -26,7 +26,7 @@ for split, goals in (("train", task.train_goals), ("heldout", task.heldout_goals
         goal = goals[e % len(goals)]
         obs, info = env.reset(seed=int(rng.integers(2**31)), options={"goal": goal})
         gc, gt = env.unwrapped._specs[goal][0]
-        room = [(o.color, o.type) for o in env.unwrapped.grid.grid if o is not None and o.type in ("ball","box","key","cup","book","ring")]
+        room = [(o.color, o.type) for o in env.unwrapped.grid.grid if o is not None and o.type in OBJECTS]
         hd["heldout_distractor_in_room"] += any(p in HELDOUT_PAIRS and p != (gc, gt) for p in room)
         done = False
         while not done:
