@@ -386,6 +386,50 @@ def test_heldout_distractors_reach_the_training_rooms_only(tiny_clip_dir):
         Task(ppo.Args(env_id="CartPole-v1", reward="gt", heldout_distractors=False), torch.device("cpu"))
 
 
+def test_curriculum_value_splits_iterations_in_equal_shares():
+    stages = [ppo.curriculum_value([2, 3, 4, 5], i, 8) for i in range(1, 9)]
+    assert stages == [2, 2, 3, 3, 4, 4, 5, 5]
+    assert [ppo.curriculum_value([2, 5], i, 3) for i in range(1, 4)] == [2, 2, 5]
+    assert ppo.curriculum_value([4], 7, 7) == 4
+
+
+def test_num_objects_curriculum_changes_the_training_rooms(tmp_path, monkeypatch):
+    """--num-objects 2 3: the rollout rooms hold 2 objects in the first half of the iterations and 3 in the
+    second (counted on the sub-environments' grids), evaluation rooms keep the environment's own; a value the
+    environment refuses and an environment without objects are errors."""
+    from vlmreward.envs.household import OBJECTS, HouseholdEnv
+    from vlmreward.rl.task import make_envs
+    args = ppo.Args(env_id="vlmreward/PickPlace-v0", reward="gt", num_envs=2, num_steps=32, total_timesteps=256,
+                    max_episode_steps=8, eval_interval=0, eval_episodes=1, progress=False, frame_size=70,
+                    num_objects=[2, 3], run_dir=str(tmp_path / "cur"))
+    rollout_rooms = []  # objects in each rollout sub-env (floor + carried), before every step
+    real_step = gym.vector.SyncVectorEnv.step
+
+    def counting_step(self, actions):
+        if len(self.envs) == args.num_envs:  # the rollout envs (evaluation runs one)
+            for env in self.envs:
+                base = env.unwrapped
+                floor = sum(1 for cell in base.grid.grid if cell is not None and cell.type in OBJECTS)
+                rollout_rooms.append(floor + (base.carrying is not None))
+        return real_step(self, actions)
+
+    monkeypatch.setattr(gym.vector.SyncVectorEnv, "step", counting_step)
+    ppo.train(args)
+    metrics = runlog.read_metrics(tmp_path / "cur" / "metrics.csv")
+    assert metrics["curriculum/num_objects"][1].tolist() == [2.0, 2.0, 3.0, 3.0]
+    half = len(rollout_rooms) // 2
+    assert set(rollout_rooms[:half]) == {2} and set(rollout_rooms[half:]) == {2, 3}  # 3 from each env's next reset
+    assert rollout_rooms[-1] == 3
+    task = Task(args, torch.device("cpu"))
+    envs = make_envs(task, 1, task.train_goals)  # evaluation rooms: the environment's own
+    assert envs.unwrapped.get_attr("num_objects") == (HouseholdEnv().num_objects,)
+    envs.close()
+    with pytest.raises(ValueError, match="num_objects must be in"):
+        Task(ppo.Args(env_id="vlmreward/PickPlace-v0", reward="gt", num_objects=[2, 40]), torch.device("cpu"))
+    with pytest.raises(ValueError, match="num-objects"):
+        Task(ppo.Args(env_id="CartPole-v1", reward="gt", num_objects=[2]), torch.device("cpu"))
+
+
 def test_hindsight_samples_hand_computed():
     """Relabelling: steps up to `window` before an achievement, within one episode, decayed weights."""
     T, window, decay = 5, 4, 0.5

@@ -155,6 +155,8 @@ def test_user_errors_print_one_line_and_exit_2(capsys, tmp_path, monkeypatch, ar
     ("threshold: high\n", "must be float"),
     ("templates: a photo of {}\n", "list of strings"),
     ("num_envs: 3.5\n", "integer"),
+    ("num_objects: [2, three]\n", "num_objects' item must be int"),
+    ("num_objects: 3\n", "list of integers"),
     ("env_id: [\n", "not valid YAML"),
 ])
 def test_bad_yaml_values_exit_2(capsys, tmp_path, monkeypatch, text, needle):

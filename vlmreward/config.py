@@ -6,7 +6,7 @@ YAML mapping given with ``--config`` (a path, or the name of a config shipped in
 flags typed on the command line. The dataclass may define ``check(self)`` to validate the combination; all
 errors are :class:`ConfigError` (a ValueError) with a one-line message naming the field.
 
-Supported field types: bool, int, float, str, ``X | None`` of those, and ``list[str]``.
+Supported field types: bool, int, float, str, ``list[X]`` of int, float or str, and ``X | None`` of those.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, shipped: bool = True)
         if t is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(t) is list:
-            parser.add_argument(flag, nargs="+", type=str, **kw)
+            parser.add_argument(flag, nargs="+", type=typing.get_args(t)[0], **kw)
         else:
             parser.add_argument(flag, type=t, metavar=t.__name__.upper(), **kw)
 
@@ -100,9 +100,15 @@ def coerce(cls, name: str, value, *, source: str = "config"):
             return None
         raise ConfigTypeError(f"{where} must be {getattr(t, '__name__', t)}, got null")
     if typing.get_origin(t) is list:
+        item = typing.get_args(t)[0]
         if not isinstance(value, (list, tuple)) or any(isinstance(v, (dict, list)) for v in value):
-            raise ConfigTypeError(f"{where} must be a list of strings, got {value!r}")
-        return [str(v) for v in value]
+            words = {str: "strings", int: "integers", float: "numbers"}[item]
+            raise ConfigTypeError(f"{where} must be a list of {words}, got {value!r}")
+        return [str(v) if item is str else _coerce_scalar(item, v, f"{where} item") for v in value]
+    return _coerce_scalar(t, value, where)
+
+
+def _coerce_scalar(t: type, value, where: str):
     if t is bool:
         if not isinstance(value, bool):
             raise ConfigTypeError(f"{where} must be true or false, got {value!r}")

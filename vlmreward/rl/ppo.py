@@ -85,6 +85,10 @@ class Args:
     heldout_distractors: bool = option(True, "household domains, training rooms only: held-out pairs may be "
                                              "distractors (--no-heldout-distractors: never; evaluation rooms are "
                                              "the environment's own)")
+    num_objects: list[int] | None = option(None, "household domains, training rooms only: objects per room (goal "
+                                                 "objects + distractors); several values are a curriculum, the k-th "
+                                                 "over the k-th equal share of the iterations, e.g. 2 3 4 5 "
+                                                 "(evaluation rooms are the environment's own)")
     frame_size: int | None = option(None, "side of the household domains' RGB frames (default: the environment's, "
                                       "224, as the default model's training frames; the reward resizes them)")
     # --- agent ---
@@ -185,6 +189,12 @@ def check_args(args: Args) -> Args:
 # ----------------------------------------------------------------------------------------------------------
 # the algorithm's pieces
 # ----------------------------------------------------------------------------------------------------------
+def curriculum_value(values, iteration: int, num_iterations: int):
+    """The value of a curriculum ``values`` at ``iteration`` (1-based) of ``num_iterations``: values[k] over the
+    k-th of len(values) equal shares of the iterations."""
+    return values[min(len(values) - 1, (iteration - 1) * len(values) // num_iterations)]
+
+
 def compute_advantages(rewards, values, terminated, ended, next_value, args: Args) -> torch.Tensor:
     """Generalised advantage estimation (Schulman et al., arXiv 1506.02438, eq. 16) over a (T,B) rollout.
 
@@ -420,6 +430,12 @@ def train(args: Args) -> dict:
         torch.manual_seed(args.seed * 100_003 + rank * 1_009 + iteration)
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / num_iterations)
+
+        if args.num_objects:  # curriculum stage: takes effect at each sub-environment's next reset
+            rooms = curriculum_value(args.num_objects, iteration, num_iterations)
+            if rooms != envs.unwrapped.get_attr("num_objects")[0]:
+                envs.unwrapped.set_attr("num_objects", rooms)
+            logger.log("curriculum/num_objects", float(rooms), global_step)
 
         # ---- rollout ----
         for step in range(T):

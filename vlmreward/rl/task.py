@@ -52,6 +52,11 @@ class Task:
         if not args.heldout_distractors and not hasattr(base, "heldout_distractors"):
             raise ValueError(f"{args.env_id} has no distractors: --no-heldout-distractors applies to the household "
                              "domains")
+        if args.num_objects:
+            if not hasattr(base, "num_objects"):
+                raise ValueError(f"{args.env_id} has no objects: --num-objects applies to the household domains")
+            for n in args.num_objects:  # the environment's own check of each curriculum stage
+                gym.make(args.env_id, num_objects=n).close()
         if args.max_attempts is not None and not hasattr(base, "max_attempts"):
             raise ValueError(f"{args.env_id} has no attempts: --max-attempts applies to household Lift / PickPlace")
         self.reward_model = self.bank = None
@@ -131,12 +136,15 @@ def _env_kwargs(args, frame_size: int | None) -> dict:
 
 def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync", training: bool = False) -> EpisodeStatistics:
     """A vector env over ``task`` (NEXT_STEP autoreset) with the wrappers of the module doc; ``training``: the
-    rollout environments, which also take the training-only room options (``heldout_distractors``)."""
+    rollout environments, which also take the training-only room options (``heldout_distractors``,
+    ``num_objects``)."""
     vlm = task.reward_model is not None
     wrappers = [NoSuccessTermination] if vlm and task.terminate_on_success else None
     kwargs = dict(task.env_kwargs)
     if training and not task.args.heldout_distractors:
         kwargs["heldout_distractors"] = False
+    if training and task.args.num_objects:  # the curriculum's first stage; train() sets the later ones
+        kwargs["num_objects"] = task.args.num_objects[0]
     if task.language:
         kwargs["render_mode"] = "rgb_array"
         kwargs["goal_pool"] = tuple(goals)
