@@ -430,6 +430,38 @@ def test_num_objects_curriculum_changes_the_training_rooms(tmp_path, monkeypatch
         Task(ppo.Args(env_id="CartPole-v1", reward="gt", num_objects=[2]), torch.device("cpu"))
 
 
+def test_word_features_hand_computed():
+    from vlmreward.rl.task import word_features
+    goals = ["go to the red ball", "go to the blue key", "Go to the red key"]
+    feats = word_features(goals, goals[:2])  # columns: (3, blue), (3, red), (4, ball), (4, key)
+    assert feats.tolist() == [[0, 1, 1, 0], [1, 0, 0, 1], [0, 1, 0, 1]]
+    assert word_features(["the blue box"], ["go to the red ball", "go to the red key"]).tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="differ"):
+        word_features(goals, goals[:1])
+
+
+def test_goal_encoding_words_binds_colours_to_objects(tmp_path):
+    """PickPlace goals that swap colours between the two objects get different word features (their text
+    embeddings barely differ), every held-out goal is made of words seen at the same positions in training
+    goals, and a run with --goal-encoding words trains and checkpoints those features."""
+    args = ppo.Args(env_id="vlmreward/PickPlace-v0", reward="gt", goal_encoding="words", num_envs=2, num_steps=16,
+                    total_timesteps=64, eval_interval=0, eval_episodes=1, progress=False, frame_size=70,
+                    run_dir=str(tmp_path / "words"))
+    task = Task(args, torch.device("cpu"))
+    feats, goals = task.goal_embeddings, list(task.bank.goals)
+    a = goals.index("put the red ball next to the blue cup")
+    b = goals.index("put the blue ball next to the red cup")
+    assert (feats[a] != feats[b]).sum() == 4  # the two colour words trade places
+    held = [goals.index(g) for g in task.heldout_goals]
+    assert (feats[held].sum(1) == 4).all()  # colour and type of both objects, each seen there in training
+    ppo.train(args)
+    state = torch.load(tmp_path / "words" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(state["agent"]["goal_embeddings"], feats)
+    for bad in (dict(goal_encoding="tokens"), dict(goal_encoding="words", goal_wordings=True)):
+        with pytest.raises(ValueError, match="goal_encoding"):
+            ppo.check_args(ppo.Args(**bad))
+
+
 def test_hindsight_samples_hand_computed():
     """Relabelling: steps up to `window` before an achievement, within one episode, decayed weights."""
     T, window, decay = 5, 4, 0.5

@@ -39,6 +39,7 @@ from vlmreward.rl.task import Task, achieved_goals, evaluate_agent, make_envs, s
 from vlmreward.wrappers import FRAME_SOURCES
 
 REWARDS = ("vlm", "gt")
+GOAL_ENCODINGS = ("text", "words")
 FIRE_CHECK_ROLLOUTS = 5  # train() warns when the VLM reward has not fired in this many first rollouts
 
 @dataclass
@@ -102,6 +103,10 @@ class Args:
                            "per-cell 1x1 stem, keypoints and max-pool only)")
     goal_noise: float = option(0.0, "std of Gaussian noise on the policy's standardised goal embedding in PPO "
                                     "updates only (PPO and hindsight examples; not rollouts or evaluation; 0: off)")
+    goal_encoding: str = option("text", "the policy's goal input: 'text' (the reward model's text embedding of the "
+                                        "goal) or 'words' (which word stands at which position of the goal string, "
+                                        "one-hot over the (position, word) pairs that vary among the training goals: "
+                                        "binds each colour to its object where the text embedding does not)")
     goal_wordings: bool = option(False, "in PPO updates the policy reads each goal in one of its training "
                                         "wordings, drawn per example (vlmreward.envs.language; rollouts and "
                                         "evaluation: the goal's own string)")
@@ -151,6 +156,10 @@ class Args:
                 f"({self.num_minibatches})")
         require(self.depth >= 0 and self.goal_heads >= 0,
                 f"depth and goal_heads must be >= 0, got {self.depth}, {self.goal_heads}")
+        require(self.goal_encoding in GOAL_ENCODINGS,
+                f"goal_encoding must be one of {GOAL_ENCODINGS}, got {self.goal_encoding!r}")
+        require(self.goal_encoding == "text" or not self.goal_wordings,
+                "goal_wordings reads goals through the text tower: it needs goal_encoding 'text'")
         require(self.goal_noise >= 0, f"goal_noise must be >= 0, got {self.goal_noise}")  # NaN fails too
         require(self.frame_source in FRAME_SOURCES,
                 f"frame_source must be one of {FRAME_SOURCES}, got {self.frame_source!r}")

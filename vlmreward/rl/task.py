@@ -26,7 +26,8 @@ class Task:
     Attributes: ``language`` (the env has language goals), ``task_set`` / ``train_goals`` / ``heldout_goals``
     (tuples of goal strings), ``bank`` (GoalBank over the task set; negatives: the task set plus those of
     ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode,
-    else None), ``goal_embeddings`` float32 (G,E) on the CPU, ``wording_embeddings`` float32 (G,W,E) on the
+    else None), ``goal_embeddings`` float32 (G,E) on the CPU (the policy's goal input: text embeddings, or
+    :func:`word_features` with ``args.goal_encoding == 'words'``), ``wording_embeddings`` float32 (G,W,E) on the
     CPU with ``args.goal_wordings`` (row g: goal g in each of its W training wordings,
     :func:`vlmreward.envs.language.wordings`, cycled to the longest; else None), ``terminate_on_success`` (VLM success ends an
     episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
@@ -97,6 +98,8 @@ class Task:
         self.bank = GoalBank(model, list(self.task_set), negatives=negatives,
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
         self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
+        if args.goal_encoding == "words":
+            self.goal_embeddings = word_features(self.bank.goals, self.train_goals)
         self.wording_embeddings = None
         if args.goal_wordings:
             self.wording_embeddings = _wording_embeddings(model, self.bank, args.templates)
@@ -107,6 +110,31 @@ class Task:
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
+
+
+def word_features(goals, train_goals) -> torch.Tensor:
+    """float32 (G,K) goal features: entry (g, k) is 1 when goal g has word w_k at position i_k (whitespace words,
+    lower case), over the K (position, word) pairs that some but not all of ``train_goals`` have. A learned
+    linear map of them (the policy's FiLM and goal queries) is a sum of per-position word vectors, so the colour
+    before the first object and the one before the second stay apart, and a held-out goal combines words seen
+    in training. Pairs absent from or constant over the training goals carry no information and are left out.
+    Raises ValueError when no pair varies (fewer than two distinct training goals)."""
+    words = [tuple(g.lower().split()) for g in goals]
+    train = [tuple(g.lower().split()) for g in train_goals]
+    counts: dict[tuple[int, str], int] = {}
+    for ws in train:
+        for key in enumerate(ws):
+            counts[key] = counts.get(key, 0) + 1
+    keys = sorted(k for k, n in counts.items() if n < len(train))
+    if not keys:
+        raise ValueError("goal_encoding 'words' needs training goals that differ in some word")
+    column = {k: j for j, k in enumerate(keys)}
+    out = torch.zeros(len(goals), len(keys))
+    for g, ws in enumerate(words):
+        for key in enumerate(ws):
+            if key in column:
+                out[g, column[key]] = 1.0
+    return out
 
 
 def _wording_embeddings(model, bank, templates) -> torch.Tensor:
