@@ -17,7 +17,7 @@ from vlmreward.rl.task import Task
 from vlmreward.envs.household import HELDOUT_PAIRS, OBJECTS, PICKUP
 
 
-def lift_end(env, need, first_pick):
+def lift_end(env, need):
     car = env.unwrapped.carrying
     if car is None:
         return "nothing"
@@ -60,7 +60,7 @@ for split, goals in (("train", task.train_goals), ("heldout", task.heldout_goals
             if first_pick is None and a == PICKUP and car is not None:
                 first_pick = (car.color, car.type); first_steps.append(t)
         if family == "lift":
-            ends[lift_end(env, need, first_pick)] += 1
+            ends[lift_end(env, need)] += 1
             car = env.unwrapped.carrying
             extra["picked a heldout pair (wrong)"] += car is not None and (car.color, car.type) in HELDOUT_PAIRS \
                 and (car.color, car.type) != need[0]

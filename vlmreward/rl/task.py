@@ -97,9 +97,8 @@ class Task:
         negatives = list(self.task_set) + task_sets(args.negatives_from or (), self.task_set)
         self.bank = GoalBank(model, list(self.task_set), negatives=negatives,
                              num_negatives=args.num_negatives, seed=args.seed, **kw)
-        self.goal_embeddings = self.bank.goal_embeddings.float().cpu()
-        if args.goal_encoding == "words":
-            self.goal_embeddings = word_features(self.bank.goals, self.train_goals)
+        self.goal_embeddings = (word_features(self.bank.goals, self.train_goals) if args.goal_encoding == "words"
+                                else self.bank.goal_embeddings.float().cpu())
         self.wording_embeddings = None
         if args.goal_wordings:
             self.wording_embeddings = _wording_embeddings(model, self.bank, args.templates)
