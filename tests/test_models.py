@@ -306,3 +306,22 @@ def test_image_size_override_of_a_convolutional_tower(tmp_path):
     assert model.preprocess_kwargs["image_size"] == 96
     assert model.transform()(Image.fromarray(np.zeros((50, 70, 3), np.uint8))).shape == (3, 96, 96)
     assert model.encode_image(torch.zeros(2, 3, 96, 96)).shape == (2, 32)
+
+
+def test_reuse_last_images_runs_the_tower_once_for_repeated_pixels(tiny_clip_dir):
+    model = load_model(str(tiny_clip_dir))
+    calls = []
+    model.model.visual.register_forward_hook(lambda *a: calls.append(1))
+    a, b = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    ref_a, ref_b = model.encode_image(a), model.encode_image(b)
+    model.encode_image(a)
+    assert len(calls) == 3  # off by default: every call runs the tower
+    model.reuse_last_images = True
+    out = [model.encode_image(x) for x in (a, a.clone(), b, a, a[:2])]
+    assert len(calls) == 3 + 4  # the repeat of a (an equal copy) is served from the previous call
+    for got, ref in zip(out, (ref_a, ref_a, ref_b, ref_a, ref_a[:2])):
+        torch.testing.assert_close(got, ref)
+    with torch.inference_mode():
+        out[4].add_(1.0)  # a caller's in-place change does not reach the stored embeddings
+    torch.testing.assert_close(model.encode_image(a[:2]), ref_a[:2])
+    assert len(calls) == 7

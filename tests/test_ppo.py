@@ -578,3 +578,32 @@ def test_ground_truth_achievements_read_the_task_labels_as_goal_success_does():
         positives += int(got.sum())
     assert task.has_task_labels and positives > 0  # pairs side by side occur (from the start, or dropped)
     envs.close()
+
+
+def test_vlm_achievements_use_the_hindsight_threshold(tiny_clip_dir):
+    """achieved_goals under a VLM reward: p(goal | frame) > hindsight_threshold (default beta) from the same model
+    call, recomputed here with the reward model on the observations."""
+    from vlmreward.rl.task import Task, achieved_goals, make_envs
+    cpu = torch.device("cpu")
+    for hindsight_threshold in (None, 0.03):
+        args = ppo.Args(model=str(tiny_clip_dir), threshold=0.02, hindsight_threshold=hindsight_threshold,
+                        hindsight_coef=1.0, frame_size=70)
+        task = Task(args, cpu, fire_check=False)
+        envs = make_envs(task, 3, task.train_goals)
+        ids = [task.goal_id(g) for g in task.train_goals]
+        obs, _ = envs.reset(seed=0)
+        rng, fired = np.random.default_rng(0), 0
+        done = np.zeros(3, bool)
+        for _ in range(10):
+            obs, _, term, trunc, infos = envs.step(rng.integers(0, task.num_actions, 3))
+            got = achieved_goals(task, envs, infos, ids)
+            p = task.reward_model(obs["observation"]).probs.numpy()[:, ids]
+            beta = args.threshold if hindsight_threshold is None else hindsight_threshold
+            np.testing.assert_array_equal(got[~done], p[~done] > beta)
+            assert not got[done].any()  # reset steps achieve nothing
+            fired += int(got.sum())
+            done = term | trunc
+        envs.close()
+        assert fired > 0
+    with pytest.raises(ValueError, match="hindsight_threshold"):
+        ppo.check_args(ppo.Args(hindsight_threshold=1.5))

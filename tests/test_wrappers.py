@@ -249,9 +249,10 @@ def test_vector_score_all_goals_matches_per_goal_rewards(tiny_model, find_bank, 
         assert not all_r[done_before].any()  # reset steps: no reward for any goal
         active = ~done_before
         np.testing.assert_array_equal(all_r[active], rm(obs["observation"][active]).rewards.numpy())
-        np.testing.assert_array_equal(info["vlm_success_all"][active],
-                                      rm(obs["observation"][active]).probs.numpy() > rm.threshold)
-        assert not info["vlm_success_all"][done_before].any()
+        probs = rm(obs["observation"][active]).probs.numpy()
+        np.testing.assert_array_equal(info["vlm_success_all"][active], probs > rm.threshold)
+        np.testing.assert_allclose(info["vlm_probs_all"][active], probs, atol=1e-7)
+        assert not info["vlm_success_all"][done_before].any() and not info["vlm_probs_all"][done_before].any()
         done_before = terminated | truncated
 
 

@@ -69,6 +69,9 @@ class VisionLanguageModel:
         model_cfg: the open_clip architecture config (``pypi:`` references unresolved, so it is portable).
         precision: "fp32", "fp16" or "bf16".
         text_from_package: the text transformer comes from a PyPI package (left out by :meth:`save`).
+        reuse_last_images: False by default; True: :meth:`encode_image` called with the same pixels as its previous
+            call returns that call's embeddings (two reward models scoring the same frames, e.g. a goal and its
+            sub-goals, run the image tower once). Only for frozen weights.
     """
 
     def __init__(self, model, tokenizer, *, name: str, identity: str, model_cfg: dict, precision: str,
@@ -80,6 +83,8 @@ class VisionLanguageModel:
         self.model_cfg = model_cfg
         self.precision = precision
         self.text_from_package = text_from_package
+        self.reuse_last_images = False
+        self._last_images: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def of_module(cls, module, arch: str) -> "VisionLanguageModel":
@@ -147,7 +152,14 @@ class VisionLanguageModel:
         dtype (cast to the model's device and dtype)."""
         if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be a tensor (B, 3, S, S), got {getattr(pixels, 'shape', type(pixels))}")
-        return self.model.encode_image(pixels.to(self.device, self.dtype)).float()
+        if self.reuse_last_images and self._last_images is not None:
+            last, emb = self._last_images
+            if last.shape == pixels.shape and last.dtype == pixels.dtype and torch.equal(last, pixels.to(last.device)):
+                return emb.clone()
+        emb = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
+        if self.reuse_last_images:
+            self._last_images = (pixels.clone(), emb.clone())
+        return emb
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:

@@ -286,7 +286,8 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
     ``score_all_goals``: the same single model call scores every goal of the bank (the image tower runs once
     per frame either way): ``info["vlm_rewards_all"]`` (B, G) float64 holds the reward of each goal in the
     reward model's mode and ``info["vlm_success_all"]`` (B, G) bool where p(goal | frame) > threshold, i.e.
-    which goals the frame achieves, for hindsight relabelling (both 0 on reset steps).
+    which goals the frame achieves, for hindsight relabelling, and ``info["vlm_probs_all"]`` (B, G) float64 p(goal |
+    frame) of every goal (all 0 on reset steps).
     Raises ValueError for another autoreset mode, an env without frames, a bad ``frame_source``, goals outside
     the goal bank.
     """
@@ -361,9 +362,11 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
         rewards = np.zeros(self.num_envs)
         rewards_all = np.zeros((self.num_envs, len(self.reward_model.bank))) if self.score_all_goals else None
         success_all = None if rewards_all is None else np.zeros(rewards_all.shape, bool)
+        probs_all = None if rewards_all is None else np.zeros(rewards_all.shape)
         active = ~reset_step
         if active.any() and self.score_all_goals:  # same single call, every goal; own goal's column picked
             p_all, rewards_all[active] = self._score(np.asarray(frames)[active], None)
+            probs_all[active] = p_all
             success_all[active] = p_all > self.reward_model.threshold
             rows, own = np.arange(int(active.sum())), goal_ids[active]
             probs[active], rewards[active] = p_all[rows, own], rewards_all[active][rows, own]
@@ -386,6 +389,7 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
         if rewards_all is not None:
             info["vlm_rewards_all"], info["_vlm_rewards_all"] = rewards_all, ones
             info["vlm_success_all"], info["_vlm_success_all"] = success_all, ones
+            info["vlm_probs_all"], info["_vlm_probs_all"] = probs_all, ones
         return self._policy_obs(obs, goal_ids), rewards, terminated, truncated, info
 
 
@@ -400,6 +404,26 @@ class NoSuccessTermination(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         own = info.get("success", False) and not info.get("attempts_spent", False)
         return obs, reward, terminated and not own, truncated, info
+
+
+class TerminalReward(VectorWrapper):
+    """Keeps a vector env's reward on the steps where the environment itself ends the episode (``terminated``), 0
+    elsewhere, timeouts (``truncated``) included: the reward of the state the agent committed to, scored once.
+    Under a VLM reward that does not end episodes (``terminate_on_success=False``) with an environment that ends
+    them on a commitment (household ``max_attempts``: the first drop), a false positive on a frame the agent
+    passes through, or where a timeout stops it, earns nothing. The goals rewarded on other frames are cleared too
+    (``info["vlm_reward"]``, ``info["vlm_success_all"]``, ``info["vlm_rewards_all"]`` and ``info["vlm_probs_all"]``
+    where present), so hindsight relabels terminal frames only. Place it right above the VLM wrapper."""
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        end = np.asarray(terminated, bool)
+        info = dict(info)
+        for key in ("vlm_reward", "vlm_success_all", "vlm_rewards_all", "vlm_probs_all"):
+            if key in info:
+                v = np.asarray(info[key])
+                info[key] = np.where(end.reshape((-1,) + (1,) * (v.ndim - 1)), v, np.zeros((), v.dtype))
+        return obs, np.where(end, np.asarray(rewards, np.float64), 0.0), terminated, truncated, info
 
 
 class EpisodeStatistics(VectorWrapper):
@@ -455,3 +479,80 @@ class EpisodeStatistics(VectorWrapper):
             v[done] = 0.0
         self._prev_done = done
         return obs, rewards, terminated, truncated, info
+
+
+class SubgoalShaping(VectorWrapper):
+    """Potential-based reward shaping from the sub-goals of each sub-env's goal (Ng, Harada & Russell, ICML 1999:
+    the shaped task keeps the optimal policies of the original).
+
+    r'_t = r_t + coef * (gamma * phi(s_{t+1}) - phi(s_t)), phi(s) = 1 when a sub-goal of the episode's goal
+    (``env.subgoals()``, e.g. "pick up the red key" for "put the red key next to the blue ball") holds on s,
+    else 0; phi is 0 at an episode's first frame and at terminal states, so the shaping of an episode sums to
+    about 0 and only moves credit earlier (a right pick is rewarded when it happens, dropping it elsewhere
+    takes that back).
+
+    Sub-goal success: ``reward_model`` given (a :class:`vlmreward.RewardModel` whose bank holds every sub-goal,
+    e.g. Lift's goals with Find's as negatives), p(sub-goal | frame) > its threshold on ``render()`` of the
+    sub-envs (render_mode "rgb_array"), scored in one call per step: the VLM's own signal, the ground truth is
+    not used; None: the sub-envs' ground truth ``subgoal_success()``. NEXT_STEP autoreset only: a reset step
+    gets no shaping. ``info``: "subgoal" (B,) bool (phi of the frame after the action), "env_reward" (the
+    reward before shaping, unless a wrapper below set it). Raises ValueError for another autoreset mode, a
+    coef that is not finite, gamma outside (0, 1], sub-envs without sub-goals, or sub-goals outside the
+    reward model's bank.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, coef: float, gamma: float, reward_model=None):
+        VectorWrapper.__init__(self, env)
+        _require_next_step(env, "SubgoalShaping")
+        if not np.isfinite(coef) or not 0.0 < gamma <= 1.0:
+            raise ValueError(f"coef must be finite and gamma in (0, 1], got {coef}, {gamma}")
+        if not self.env.unwrapped.get_attr("subgoal_task_set")[0]:
+            raise ValueError("the sub-environments declare no sub-goals (env.subgoals(): vlmreward/PickPlace-v0)")
+        if reward_model is not None and env.render_mode != "rgb_array":
+            raise ValueError(f"sub-goals scored by a reward model need render_mode='rgb_array', got "
+                             f"{env.render_mode!r}")
+        self.coef, self.gamma, self.reward_model = float(coef), float(gamma), reward_model
+        self._phi = np.zeros(self.num_envs)
+        self._reset_step = np.zeros(self.num_envs, bool)
+        self._ids: dict[str, list[int]] = {}  # goal -> bank indices of its sub-goals
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = _reset_mask(options, self.num_envs)
+        self._phi[mask], self._reset_step[mask] = 0.0, False
+        return obs, info
+
+    def _subgoal_ids(self, goal: str) -> list[int]:
+        if goal not in self._ids:
+            self._ids[goal] = [self.reward_model.bank.index(g) for g in self.env.unwrapped.call("subgoals", goal)[0]]
+        return self._ids[goal]
+
+    @torch.inference_mode()
+    def _achieved(self, live: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.num_envs, bool)
+        if not live.any():
+            return out
+        if self.reward_model is None:
+            return np.asarray(self.env.unwrapped.call("subgoal_success"), bool) & live
+        rows = np.flatnonzero(live)
+        frames = _check_frames(np.stack(self.env.render())[rows])
+        p = self.reward_model(frames).probs.double().cpu().numpy()  # (n, G): every sub-goal, one call
+        goals = self.env.unwrapped.get_attr("goal")
+        for k, i in enumerate(rows):
+            out[i] = bool((p[k, self._subgoal_ids(goals[i])] > self.reward_model.threshold).any())
+        return out
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        live = ~self._reset_step
+        phi = self._achieved(live).astype(np.float64)
+        target = np.where(terminated, 0.0, phi)  # a terminal state's potential is 0
+        shaping = np.where(live, self.coef * (self.gamma * target - self._phi), 0.0)
+        rewards = np.asarray(rewards, np.float64)
+        ones = np.ones(self.num_envs, bool)
+        info = dict(info, subgoal=phi.astype(bool), _subgoal=ones)
+        if "env_reward" not in info:
+            info["env_reward"], info["_env_reward"] = rewards.copy(), ones
+        self._phi = phi
+        self._reset_step = np.logical_or(terminated, truncated)
+        return obs, rewards + shaping, terminated, truncated, info

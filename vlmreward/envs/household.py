@@ -293,6 +293,35 @@ class HouseholdEnv(RoomGrid):
                     out[index[(a, b)]] = True
         return out
 
+    # ----- sub-goals (potential-based shaping, vlmreward.wrappers.SubgoalShaping) -----------------------
+    @property
+    def subgoal_task_set(self) -> tuple[str, ...]:
+        """The goals sub-goals are drawn from: Lift's task set for PickPlace (an object must be carried to be
+        placed), () for Find and Lift."""
+        return tuple(goal_specs("lift")) if self.family == "pickplace" else ()
+
+    @property
+    def subgoal_negatives(self) -> tuple[str, ...]:
+        """Extra negatives of a sub-goal reward: Find's goals, which describe the frames where nothing is carried
+        (without them a softmax over Lift goals alone puts its mass on the faced object's goal)."""
+        return tuple(goal_specs("find")) if self.family == "pickplace" else ()
+
+    def subgoals(self, goal: str | None = None) -> tuple[str, ...]:
+        """Sub-goals of ``goal`` (default: the episode's), strings of :attr:`subgoal_task_set`: for "put the A
+        next to the B", "pick up the A" and "pick up the B" (either object may be carried to the other).
+        Raises TypeError / ValueError for a goal outside the task set."""
+        goal = self.goal if goal is None else goal
+        self._check_goal(goal)
+        lift = FAMILIES["lift"][0]
+        return tuple(lift.format(*p) for p in self._specs[goal]) if self.family == "pickplace" else ()
+
+    def subgoal_success(self) -> bool:
+        """Ground truth of the episode goal's sub-goals: the agent carries one of its objects (PickPlace);
+        always False for Find and Lift."""
+        c = self.carrying
+        return (self.family == "pickplace" and c is not None
+                and (c.color, c.type) in self._specs[self.goal])
+
     # ----- episode ---------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if options and options.get("goal") is not None:

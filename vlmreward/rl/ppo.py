@@ -40,6 +40,7 @@ from vlmreward.wrappers import FRAME_SOURCES
 
 REWARDS = ("vlm", "gt")
 GOAL_ENCODINGS = ("text", "words")
+REWARD_AT = ("step", "termination")
 FIRE_CHECK_ROLLOUTS = 5  # train() warns when the VLM reward has not fired in this many first rollouts
 
 @dataclass
@@ -69,8 +70,16 @@ class Args:
                                                     "e.g. vlmreward/Find-v0 for Lift: Find's goals describe the "
                                                     "frames where nothing is carried")
     templates: list[str] | None = option(None, "prompt templates around each goal, e.g. 'a photo of {}'")
+    reward_at: str = option("step", "'step': every frame after an action is rewarded (the paper); 'termination': "
+                                    "only frames where the environment itself ends the episode, e.g. the drop "
+                                    "that spends --max-attempts (timeouts earn nothing; VLM success ends none)")
     terminate_on_success: bool | None = option(None, "end episodes on reward 1 (None: as the environment "
                                                      "declares: goal-reaching yes, per-step no)")
+    subgoal_coef: float = option(0.0, "potential-based shaping from the goal's sub-goals (PickPlace: carrying one "
+                                      "of its objects), coef * (gamma * phi' - phi); phi from the same reward as "
+                                      "the goal (VLM: the sub-goal's p > subgoal_threshold; gt: ground truth); 0: off")
+    subgoal_threshold: float = option(0.5, "beta of the sub-goal reward (VLM only): p(sub-goal | frame) over the "
+                                           "sub-goal task set with the environment's sub-goal negatives")
     # --- environments ---
     num_envs: int = option(16, "parallel environments per rank")
     vectorization_mode: str = option("sync", "'sync' or 'async' vector environments")
@@ -132,6 +141,9 @@ class Args:
                                      "hindsight_window steps before a frame where a TRAINING goal is rewarded "
                                      "(by the trained reward: VLM or ground truth) are imitated for that goal "
                                      "(0: off)")
+    hindsight_threshold: float | None = option(None, "VLM reward: relabel the goals with p(goal | frame) above this "
+                                                     "(None: beta); a higher value relabels fewer goals, more "
+                                                     "precisely")
     hindsight_window: int = option(4, "steps before an achieved goal whose actions are relabelled with it")
     hindsight_decay: float = option(0.7, "weight decay per step back from the achieved goal")
     hindsight_onset: bool = option(False, "relabel only frames where a goal BECOMES rewarded (not rewarded on the "
@@ -167,6 +179,15 @@ class Args:
         require(self.max_attempts is None or self.max_attempts >= 1,
                 f"max_attempts must be None or >= 1, got {self.max_attempts}")
         require(0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}")
+        require(0.0 <= self.subgoal_threshold <= 1.0 and self.subgoal_coef >= 0,
+                f"subgoal_threshold must be in [0, 1] and subgoal_coef >= 0, got {self.subgoal_threshold}, "
+                f"{self.subgoal_coef}")
+        require(self.hindsight_threshold is None or 0.0 <= self.hindsight_threshold <= 1.0,
+                f"hindsight_threshold must be None or in [0, 1], got {self.hindsight_threshold}")
+        require(self.reward_at in REWARD_AT, f"reward_at must be one of {REWARD_AT}, got {self.reward_at!r}")
+        require(self.reward_at == "step" or not self.terminate_on_success,
+                "reward_at 'termination' rewards the environment's own terminal frames: VLM success cannot also "
+                "end the episode (leave terminate_on_success unset)")
         require(self.reward_mode in MODES, f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
         require(self.reward_mode != "projection" or bool(self.baseline),
                 "reward_mode 'projection' needs --baseline (VLM-RM's baseline prompt)")
@@ -447,6 +468,7 @@ def train(args: Args) -> dict:
             logger.log("curriculum/num_objects", float(rooms), global_step)
 
         # ---- rollout ----
+        subgoal_frames = 0.0
         for step in range(T):
             global_step += B * world
             buf.x[step], buf.goal[step], buf.valid[step] = next_x, next_goal, (~next_done).float()
@@ -462,6 +484,8 @@ def train(args: Args) -> dict:
                 now = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids))
                 buf.achieved[step] = now & ~before if args.hindsight_onset else now
                 before = now & ~torch.from_numpy(done)[:, None]
+            if "subgoal" in infos:
+                subgoal_frames += float(np.sum(infos["subgoal"]))
             if check_fires and iteration < start_iteration + FIRE_CHECK_ROLLOUTS:
                 live = ~next_done.cpu().numpy()
                 fired += float(np.sum(np.where(live, infos["vlm_reward"], 0.0)))
@@ -469,6 +493,8 @@ def train(args: Args) -> dict:
             raw, goal_ids = split_observation(task, obs, infos, B)
             next_x, next_goal, next_done = agent.prepare(raw), goal_ids.to(device), torch.as_tensor(done, device=device)
             log_episodes(logger, infos, global_step, recent, vlm=task.reward_model is not None)
+        if args.subgoal_coef > 0:
+            logger.log("shaping/subgoal_rate", subgoal_frames / batch_size, global_step)
         if check_fires and iteration == start_iteration + FIRE_CHECK_ROLLOUTS - 1 and rank == 0:
             _warn_if_never_fired(fired, prob_max, args, FIRE_CHECK_ROLLOUTS * batch_size)
 

@@ -6,6 +6,8 @@ the wrappers a training or evaluation run needs, in this order::
 
     gym.make_vec(env_id, NEXT_STEP autoreset)      sub-envs wrapped by NoSuccessTermination under a VLM reward
       -> VectorVLMRewardWrapper                    VLM reward of every sub-env in one batched call ('vlm' only)
+      -> TerminalReward                          the reward of each episode's last frame only (--reward-at termination)
+      -> SubgoalShaping                            potential-based sub-goal shaping (training, --subgoal-coef)
       -> EpisodeStatistics                         per-episode return / VLM return / ground truth
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 
 from vlmreward.envs import check_env_id, ends_on_success, task_sets
-from vlmreward.wrappers import EpisodeStatistics, NoSuccessTermination, VectorVLMRewardWrapper
+from vlmreward.wrappers import (TerminalReward, EpisodeStatistics, NoSuccessTermination, SubgoalShaping,
+                                VectorVLMRewardWrapper)
 
 
 class Task:
@@ -25,12 +28,14 @@ class Task:
 
     Attributes: ``language`` (the env has language goals), ``task_set`` / ``train_goals`` / ``heldout_goals``
     (tuples of goal strings), ``bank`` (GoalBank over the task set; negatives: the task set plus those of
-    ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode,
-    else None), ``goal_embeddings`` float32 (G,E) on the CPU (the policy's goal input: text embeddings, or
+    ``args.negatives_from``), ``reward_model`` (RewardModel in 'vlm' mode, else None), ``subgoal_model``
+    (RewardModel over the environment's sub-goal task set in 'vlm' mode with ``args.subgoal_coef > 0``, else
+    None), ``goal_embeddings`` float32 (G,E) on the CPU (the policy's goal input: text embeddings, or
     :func:`word_features` with ``args.goal_encoding == 'words'``), ``wording_embeddings`` float32 (G,W,E) on the
     CPU with ``args.goal_wordings`` (row g: goal g in each of its W training wordings,
-    :func:`vlmreward.envs.language.wordings`, cycled to the longest; else None), ``terminate_on_success`` (VLM success ends an
-    episode), ``env_kwargs`` (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
+    :func:`vlmreward.envs.language.wordings`, cycled to the longest; else None), ``goal_reaching`` (the
+    environment's declared style), ``terminate_on_success`` (VLM success ends an episode), ``env_kwargs``
+    (gym.make keyword arguments), ``observation_shape``, ``num_actions``.
     ``fire_check=False``: no warning that the binary reward always / never fired (a trained agent under
     evaluation may hold its goal on every frame). Raises ValueError for an unknown id, a non-Discrete action
     space, goals outside the task set, or a VLM reward asked of an environment without language goals.
@@ -60,9 +65,12 @@ class Task:
                 gym.make(args.env_id, num_objects=n).close()
         if args.max_attempts is not None and not hasattr(base, "max_attempts"):
             raise ValueError(f"{args.env_id} has no attempts: --max-attempts applies to household Lift / PickPlace")
-        self.reward_model = self.bank = None
-        self.terminate_on_success = (ends_on_success(base) if args.terminate_on_success is None
-                                     else args.terminate_on_success)
+        if args.subgoal_coef > 0 and not getattr(base, "subgoal_task_set", ()):
+            raise ValueError(f"{args.env_id} declares no sub-goals: --subgoal-coef applies to vlmreward/PickPlace-v0")
+        self.reward_model = self.bank = self.subgoal_model = None
+        self.goal_reaching = ends_on_success(base)
+        self.terminate_on_success = (self.goal_reaching and args.reward_at == "step"
+                                     if args.terminate_on_success is None else args.terminate_on_success)
         if not self.language:  # a plain gymnasium env: one implicit goal, ground-truth reward only
             if args.reward == "vlm":
                 raise ValueError(f"{args.env_id} has no language goals (no task_set): use --reward gt or a "
@@ -106,6 +114,12 @@ class Task:
             self.reward_model = RewardModel(model, self.bank, threshold=args.threshold, mode=args.reward_mode,
                                             baseline=args.baseline, alpha=args.alpha,
                                             fire_check_frames=1000 if fire_check else 0)
+            if args.subgoal_coef > 0:  # the sub-goals' own bank: Lift's goals against Lift's and Find's
+                model.reuse_last_images = True  # the sub-goals score the goal reward's frames: one image-tower pass
+                sub = list(base.subgoal_task_set)
+                sub_bank = GoalBank(model, sub, negatives=sub + list(base.subgoal_negatives), **kw)
+                self.subgoal_model = RewardModel(model, sub_bank, threshold=args.subgoal_threshold,
+                                                 fire_check_frames=0)
 
     def goal_id(self, goal: str) -> int:
         return self.bank.index(goal) if self.language else 0
@@ -166,7 +180,8 @@ def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync", training:
     rollout environments, which also take the training-only room options (``heldout_distractors``,
     ``num_objects``)."""
     vlm = task.reward_model is not None
-    wrappers = [NoSuccessTermination] if vlm and task.terminate_on_success else None
+    # under a VLM reward the ground truth never ends an episode, whether or not VLM success does
+    wrappers = [NoSuccessTermination] if vlm and task.goal_reaching else None
     kwargs = dict(task.env_kwargs)
     if training and not task.args.heldout_distractors:
         kwargs["heldout_distractors"] = False
@@ -182,6 +197,10 @@ def make_envs(task: Task, num_envs: int, goals, *, mode: str = "sync", training:
         envs = VectorVLMRewardWrapper(envs, task.reward_model, terminate_on_success=task.terminate_on_success,
                                       keep_env_reward=True, score_all_goals=task.args.hindsight_coef > 0,
                                       frame_source=task.args.frame_source)
+    if vlm and task.args.reward_at == "termination":
+        envs = TerminalReward(envs)
+    if training and task.args.subgoal_coef > 0:
+        envs = SubgoalShaping(envs, task.args.subgoal_coef, task.args.gamma, task.subgoal_model)
     return EpisodeStatistics(envs)
 
 
@@ -197,11 +216,14 @@ def split_observation(task: Task, obs, infos, num_envs: int):
 def achieved_goals(task: Task, envs, infos, goal_ids: list[int]) -> np.ndarray:
     """bool (B, len(goal_ids)): which of ``goal_ids`` the TRAINED reward rewards on the frame after the action.
 
-    VLM mode: p(goal | frame) > beta for every goal (``info["vlm_success_all"]``, the same model call); ground-truth
-    mode: the environments' own ``goal_success``. Each mode relabels from its own reward and nothing else.
+    VLM mode: p(goal | frame) > ``args.hindsight_threshold`` (default beta) for every goal (``info["vlm_probs_all"]``,
+    the same model call); ground-truth mode: the environments' own ``goal_success``. Each mode relabels from its
+    own reward and nothing else.
     """
     if task.reward_model is not None:
-        return np.asarray(infos["vlm_success_all"])[:, goal_ids]
+        beta = task.args.hindsight_threshold
+        beta = task.reward_model.threshold if beta is None else beta
+        return np.asarray(infos["vlm_probs_all"])[:, goal_ids] > beta
     if task.has_task_labels:  # one scan of each room for the whole task set (PickPlace: thousands of goals);
         # the bank's goals are the task set in order, so a bank id is a task_labels column
         return np.stack(envs.unwrapped.call("task_labels"))[:, goal_ids]
