@@ -143,6 +143,10 @@ def test_enjoy_writes_gif(tmp_path, tiny_clip_dir):
     assert 2 <= len(frames) <= result["frames"] and frames[0].shape[:2] == (168 + 14, 168)
     strip = np.asarray(frames[0])[:14, :, :3]
     assert strip.max() > 200 and np.asarray(frames[0])[14:, :, :3].any()  # the goal written above the frame
+    # goals whose captions need different scales (17 characters fit 2 x 56 px, 21 need 3 x): one frame size
+    mixed = video.record(run, tmp_path / "m.gif", goals=["go to the red box", "go to the purple ring"], episodes=2)
+    assert len(mixed["success"]) == 2
+    assert {np.asarray(f).shape[:2] for f in imageio.mimread(tmp_path / "m.gif")} == {(168 + 14, 168)}
     with pytest.raises(ValueError, match="not one of the agent's goals"):
         video.record(run, tmp_path / "b.gif", goals=["go to the red ballz"])
     with pytest.raises(ValueError, match=".gif or .mp4"):
@@ -182,6 +186,9 @@ def test_caption_writes_the_goal_in_white_then_green():
     assert long.shape[1] >= 6 * 37 and long.shape[1] % 20 == 0 and (long[-10:, :20] == 7).all()
     assert (pending[:14].min(-1) > 200).any() and not (pending[:14, :, 1] > pending[:14, :, 0] + 50).any()
     assert (done[:14, :, 1] > done[:14, :, 0] + 50).any()  # green text once the goal is reached
+    # one scale for goals of different lengths (a video's frames must share a size)
+    k = video.caption_scale(84, ["go to the box", "put the red ball next to the grey key"])
+    assert k == 3 and video.caption(frame, "go to the box", False, k).shape == (3 * 84 + 21, 3 * 84, 3)
 
 
 @pytest.mark.parametrize("threshold, length, ret", [(1.0, 5, 0.0), (0.0, 1, 1.0)])

@@ -29,12 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, default=8, help="frames per second of the video")
 
 
-def caption(frame: np.ndarray, text: str, success: bool) -> np.ndarray:
-    """``frame`` uint8 (H, W, 3), enlarged by the smallest integer factor k (nearest neighbour) at which ``text``
-    fits its width in Pillow's default font (6 px a character), with a strip of height max(14, kH // 12) above it
+def caption_scale(width: int, texts) -> int:
+    """The smallest integer factor k at which every one of ``texts`` fits a frame k * ``width`` pixels wide in
+    Pillow's default font (6 px a character)."""
+    return max(1, *(-(-(6 * len(t) + 6) // width) for t in texts))
+
+
+def caption(frame: np.ndarray, text: str, success: bool, scale: int | None = None) -> np.ndarray:
+    """``frame`` uint8 (H, W, 3), enlarged by the integer factor k = ``scale`` (default: the smallest at which
+    ``text`` fits, :func:`caption_scale`; nearest neighbour), with a strip of height max(14, kH // 12) above it
     holding ``text`` (white, green once ``success``); returns a new uint8 (kH + strip, kW, 3) array."""
     from PIL import Image, ImageDraw
-    k = max(1, -(-(6 * len(text) + 6) // frame.shape[1]))
+    k = caption_scale(frame.shape[1], [text]) if scale is None else int(scale)
     frame = np.repeat(np.repeat(frame, k, 0), k, 1) if k > 1 else frame
     h, w = frame.shape[:2]
     strip = max(14, h // 12)
@@ -76,20 +82,24 @@ def record(checkpoint, out=None, *, goals=None, episodes: int = 3, seed: int = 0
     env = gym.make(meta["args"]["env_id"], **dict(meta["env_kwargs"], render_mode="rgb_array"))
     frames, successes = [], []
     rng = np.random.default_rng(seed)
+    scale = None  # one caption scale for every goal, so that all frames of the video have one size
     try:
         for e in range(episodes):
             goal = goals[e % len(goals)]
             obs, info = env.reset(seed=int(rng.integers(2 ** 31)), options={"goal": goal} if language else None)
             gid = torch.tensor([names.index(goal)])
             success = False
-            frames.append(caption(env.render(), goal, success) if language else env.render())
+            frame = env.render()
+            if language and scale is None:
+                scale = caption_scale(frame.shape[1], goals[:episodes])
+            frames.append(caption(frame, goal, success, scale) if language else frame)
             while True:
                 with torch.no_grad():
                     action, *_ = agent.get_action_and_value(agent.prepare(np.asarray(obs)[None]), gid,
                                                             deterministic=deterministic)
                 obs, _, terminated, truncated, info = env.step(int(action[0]))
                 success = success or bool(info.get("success", False))
-                frames.append(caption(env.render(), goal, success) if language else env.render())
+                frames.append(caption(env.render(), goal, success, scale) if language else env.render())
                 if terminated or truncated:
                     break
             successes.append(success)
