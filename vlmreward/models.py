@@ -154,7 +154,8 @@ class VisionLanguageModel:
             raise ValueError(f"pixels must be a tensor (B, 3, S, S), got {getattr(pixels, 'shape', type(pixels))}")
         if self.reuse_last_images and self._last_images is not None:
             last, emb = self._last_images
-            if last.shape == pixels.shape and last.dtype == pixels.dtype and torch.equal(last, pixels.to(last.device)):
+            same = last.shape == pixels.shape and last.dtype == pixels.dtype
+            if same and torch.equal(last, pixels.to(last.device)):
                 return emb.clone()
         emb = self.model.encode_image(pixels.to(self.device, self.dtype)).float()
         if self.reuse_last_images:

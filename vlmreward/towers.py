@@ -44,4 +44,3 @@ def _convmixer_entrypoint(name: str, width: int, depth: int):
 
 for _name, (_w, _d) in zip(TIMM_MODELS, CONVMIXER_SIZES):
     setattr(sys.modules[__name__], _name, register_model(_convmixer_entrypoint(_name, _w, _d)))
-

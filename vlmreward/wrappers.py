@@ -286,8 +286,8 @@ class VectorVLMRewardWrapper(_GoalConditioning, VectorWrapper, gym.utils.RecordC
     ``score_all_goals``: the same single model call scores every goal of the bank (the image tower runs once
     per frame either way): ``info["vlm_rewards_all"]`` (B, G) float64 holds the reward of each goal in the
     reward model's mode and ``info["vlm_success_all"]`` (B, G) bool where p(goal | frame) > threshold, i.e.
-    which goals the frame achieves, for hindsight relabelling, and ``info["vlm_probs_all"]`` (B, G) float64 p(goal |
-    frame) of every goal (all 0 on reset steps).
+    which goals the frame achieves, for hindsight relabelling, and ``info["vlm_probs_all"]`` (B, G) float64
+    p(goal | frame) of every goal (all 0 on reset steps).
     Raises ValueError for another autoreset mode, an env without frames, a bad ``frame_source``, goals outside
     the goal bank.
     """

@@ -6,7 +6,7 @@ the wrappers a training or evaluation run needs, in this order::
 
     gym.make_vec(env_id, NEXT_STEP autoreset)      sub-envs wrapped by NoSuccessTermination under a VLM reward
       -> VectorVLMRewardWrapper                    VLM reward of every sub-env in one batched call ('vlm' only)
-      -> TerminalReward                          the reward of each episode's last frame only (--reward-at termination)
+      -> TerminalReward                            the reward of the env's own terminal steps (--reward-at termination)
       -> SubgoalShaping                            potential-based sub-goal shaping (training, --subgoal-coef)
       -> EpisodeStatistics                         per-episode return / VLM return / ground truth
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vlmreward.envs import check_env_id, ends_on_success, task_sets
-from vlmreward.wrappers import (TerminalReward, EpisodeStatistics, NoSuccessTermination, SubgoalShaping,
+from vlmreward.wrappers import (EpisodeStatistics, NoSuccessTermination, SubgoalShaping, TerminalReward,
                                 VectorVLMRewardWrapper)
 
 

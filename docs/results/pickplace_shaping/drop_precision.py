@@ -1,4 +1,7 @@
-"""Precision of the default model's PickPlace reward on the frames after drops (episode ends with max_attempts 1)."""
+"""Precision of the default model's PickPlace reward on the frames after drops (episode ends with max_attempts 1).
+
+    python docs/results/pickplace_shaping/drop_precision.py EPSILON EPISODES   # EPSILON: share of random actions
+"""
 import numpy as np, torch, gymnasium as gym, sys
 import vlmreward
 from vlmreward.rl import ppo

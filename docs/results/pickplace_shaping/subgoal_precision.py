@@ -1,3 +1,8 @@
+"""Precision and recall of the default model's PickPlace sub-goal reward (Lift goals of the goal's objects, Find's goals as
+negatives) on PickPlace frames of expert / partly random play, against the simulator's carried object.
+
+    python docs/results/pickplace_shaping/subgoal_precision.py
+"""
 import numpy as np, torch, gymnasium as gym
 import vlmreward
 from vlmreward.envs import expert_action

@@ -1,4 +1,7 @@
-"""The VLM reward on a VLM-trained PickPlace agent's terminal frames (its drops) against ground truth."""
+"""The VLM reward on a VLM-trained PickPlace agent's terminal frames (its drops) against ground truth.
+
+    python docs/results/pickplace_shaping/vlm_agent_drops.py RUN_DIR_OR_CHECKPOINT EPISODES
+"""
 import sys, collections, numpy as np, torch, gymnasium as gym
 import vlmreward
 from vlmreward.rl.checkpoint import build_agent, load_checkpoint
