@@ -8,7 +8,7 @@ import torch
 import vlmreward  # noqa: F401
 from vlmreward.config import ConfigError
 from vlmreward.envs import expert_action
-from vlmreward.envs.household import goal_specs
+from vlmreward.envs.household import OBJECTS, goal_specs
 from vlmreward.goals import GoalBank
 from vlmreward.models import DEFAULT_MODEL_DIR
 from vlmreward.reward import RewardModel
@@ -41,8 +41,7 @@ def test_pickplace_subgoals_are_the_lift_goals_of_its_objects():
     with pytest.raises(ValueError, match="task set"):
         base.subgoals("pick up the red ball")
     # carrying: true for either goal object, false for a distractor
-    objects = [c for c in base.grid.grid if c is not None and c.type in goal_specs("lift") or
-               (c is not None and hasattr(c, "color") and c.type != "wall")]
+    objects = [c for c in base.grid.grid if c is not None and c.type in OBJECTS]
     seen = set()
     for obj in objects:
         base.carrying = obj
