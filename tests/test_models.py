@@ -325,29 +325,3 @@ def test_reuse_last_images_runs_the_tower_once_for_repeated_pixels(tiny_clip_dir
         out[4].add_(1.0)  # a caller's in-place change does not reach the stored embeddings
     torch.testing.assert_close(model.encode_image(a[:2]), ref_a[:2])
     assert len(calls) == 7
-
-
-def test_pair_tower_term_is_the_mean_over_adjacent_pairs_of_both_orders():
-    """PairConvMixer.forward_head against a float64 loop over every 4-adjacent cell pair of the feature map."""
-    import timm
-    trunk = timm.create_model("vlmr_convmixer_256_4_p12_pair", num_classes=0).eval().double()
-    x = torch.randn(2, trunk.num_features, 7, 7, dtype=torch.float64)
-    f = x.permute(0, 2, 3, 1)
-    a, b = trunk.pair_a(f), trunk.pair_b(f)
-    terms = []
-    for i in range(7):
-        for j in range(7):
-            for di, dj in ((0, 1), (1, 0)):
-                if i + di < 7 and j + dj < 7:
-                    p, q = (i, j), (i + di, j + dj)
-                    terms.append(a[:, p[0], p[1]] * b[:, q[0], q[1]] + a[:, q[0], q[1]] * b[:, p[0], p[1]])
-    assert len(terms) == 84
-    expected = x.mean((2, 3)) + trunk.pair_out(torch.stack(terms).mean(0))
-    with torch.no_grad():
-        torch.testing.assert_close(trunk.forward_head(x), expected)
-    # a conjunction, not a bag: swapping which cells touch changes the term while the cells stay the same
-    y = x.clone()
-    y[:, :, 0, 0], y[:, :, 6, 6] = x[:, :, 6, 6], x[:, :, 0, 0]
-    with torch.no_grad():
-        assert torch.allclose(trunk.global_pool(x), trunk.global_pool(y))
-        assert not torch.allclose(trunk.forward_head(x), trunk.forward_head(y))

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import sys
 
-import torch
 from timm.models import register_model
-from timm.models._builder import build_model_with_cfg
-from timm.models.convmixer import ConvMixer, _create_convmixer
-from torch import nn
+from timm.models.convmixer import _create_convmixer
 
 #: (width, depth) of the registered ConvMixers, smallest first.
 CONVMIXER_SIZES = ((32, 2), (64, 2), (128, 3), (256, 4))
@@ -47,45 +44,3 @@ def _convmixer_entrypoint(name: str, width: int, depth: int):
 
 for _name, (_w, _d) in zip(TIMM_MODELS, CONVMIXER_SIZES):
     setattr(sys.modules[__name__], _name, register_model(_convmixer_entrypoint(_name, _w, _d)))
-
-
-class PairConvMixer(ConvMixer):
-    """ConvMixer whose pooled features add a bilinear term over every pair of 4-adjacent cells:
-    ``mean over pairs (i, j), both orders, of (A f_i) * (B f_j)``, projected back to the width.
-
-    Average pooling keeps a bag of what is in the room: with two adjacent pairs (A, C) and (B, D) it holds the
-    same attributes as a frame where A is next to B, and most of the default model's PickPlace errors are such
-    frames (docs/results/default_model.md). A product of the two cells' features is a conjunction: the pair
-    (A, C) contributes colour(A) x colour(C), type(A) x type(C), ..., which no pair of (A, B) shares."""
-
-    def __init__(self, *args, pair_dim: int = 256, **kwargs):
-        super().__init__(*args, **kwargs)
-        d = self.num_features
-        self.pair_a, self.pair_b = nn.Linear(d, pair_dim), nn.Linear(d, pair_dim)
-        self.pair_out = nn.Linear(pair_dim, d)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        a, b = self.pair_a(t), self.pair_b(t)
-        terms = (a[:, :, :-1] * b[:, :, 1:] + a[:, :, 1:] * b[:, :, :-1],  # left-right pairs, both orders
-                 a[:, :-1] * b[:, 1:] + a[:, 1:] * b[:, :-1])              # up-down pairs, both orders
-        count = sum(s.shape[1] * s.shape[2] for s in terms)
-        pairs = sum(s.sum((1, 2)) for s in terms) / count
-        x = self.global_pool(x) + self.pair_out(pairs)
-        return x if pre_logits else self.head(self.head_drop(x))
-
-
-def vlmr_convmixer_256_4_p12_pair(pretrained: bool = False, **kwargs):
-    """ConvMixer-256/4, kernel 3, patch 12, with PairConvMixer's bilinear neighbour-pair term."""
-    if pretrained:
-        raise ValueError("vlmr_convmixer_256_4_p12_pair has no pretrained timm weights")
-    if kwargs.get("pretrained_cfg") is None:
-        kwargs["pretrained_cfg"] = {"num_classes": 0, "input_size": (3, 84, 84), "mean": (0.5,) * 3,
-                                    "std": (0.5,) * 3, "first_conv": "stem.0", "classifier": "head",
-                                    "pool_size": (7, 7)}
-    kwargs.pop("out_indices", None)
-    return build_model_with_cfg(PairConvMixer, "vlmr_convmixer_256_4_p12_pair", pretrained, dim=256, depth=4,
-                                kernel_size=3, patch_size=12, **kwargs)
-
-
-register_model(vlmr_convmixer_256_4_p12_pair)
