@@ -5,20 +5,18 @@ before the projection) against the default model's text embedding (after its tra
 """
 import sys, torch, torch.nn.functional as F, vlmreward
 from vlmreward.envs.language import CLASSIC_WORDINGS, wordings
-from vlmreward.models import get_tokenizer
 from vlmreward.pretrain.text import CaptionEncoder
 torch.set_num_threads(1)
-vlm = vlmreward.load_model(sys.argv[1] if len(sys.argv) > 1 else "default"); model = vlm.model; text = model.text
-tok = get_tokenizer("VLMR-ConvMixer-256-4-84-MiniLM")
-def pooled(s):
-    with torch.no_grad(): return CaptionEncoder._pool(text, tok(s))
-def proj(s):
-    with torch.no_grad(): return F.normalize(text.proj(pooled(s)), dim=-1)
+vlm = vlmreward.load_model(sys.argv[1] if len(sys.argv) > 1 else "default")
+def pooled(s):  # the frozen MiniLM's pooled output, before the trained projection
+    with torch.no_grad(): return F.normalize(CaptionEncoder._pool(vlm.model.text, vlm.tokenizer(s)), dim=-1)
+def proj(s):  # the model's text embedding
+    return F.normalize(vlm.encode_text(s), dim=-1)
 def report(goals, evals):
     train = [(g, w) for g in goals for w in wordings(g, "train")]
-    P, Q = F.normalize(pooled([w for _, w in train]), dim=-1), proj([w for _, w in train])
+    P, Q = pooled([w for _, w in train]), proj([w for _, w in train])
     for g, e in evals:
-        for name, emb, M in (("MiniLM", F.normalize(pooled([e]), dim=-1), P), ("proj", proj([e]), Q)):
+        for name, emb, M in (("MiniLM", pooled([e]), P), ("proj", proj([e]), Q)):
             s = (emb @ M.T)[0]
             best = {}
             for (gg, w), v in zip(train, s.tolist()):

@@ -10,6 +10,7 @@ import vlmreward
 from vlmreward.rl import ppo
 from vlmreward.rl.task import Task
 from vlmreward.envs import expert_action
+from vlmreward.envs.household import PAIRS, goal_specs
 from vlmreward.rl.checkpoint import build_agent, load_checkpoint
 torch.set_num_threads(int(os.environ.get("T", "1")))
 args = ppo.Args(env_id="vlmreward/PickPlace-v0", view="egocentric", frame_source="render", max_attempts=1, threshold=0.02)
@@ -48,14 +49,12 @@ else:
     sets = {"s03": scripted(0.3), "s08": scripted(0.8), "hack": agent(sys.argv[2])}
     np.savez_compressed(cache, **{f"{k}_{n}": v for k, s in sets.items() for n, v in zip("FLO", s)})
 
-from vlmreward.envs.household import goal_specs
 sp = goal_specs("pickplace"); ts = task.task_set
 assert list(sp) == list(ts)
-objs = [set(sp[g]) for g in ts]
-G = len(ts)
 index = {tuple(sp[g]): i for i, g in enumerate(ts)}
 mirror = np.array([index[tuple(reversed(sp[g]))] for g in ts])
-conf = np.array([[len(objs[g] & objs[h]) > 0 for h in range(G)] for g in range(G)])
+ids = np.array([[PAIRS.index(o) for o in sp[g]] for g in ts])  # (G, 2) the goal's two objects
+conf = (ids[:, None, :, None] == ids[None, :, None, :]).any((2, 3))  # (G, G): the goals share an object
 for name, (F, L, O) in sets.items():
     with torch.no_grad():
         P = np.concatenate([task.reward_model(F[i:i+64]).probs.numpy() for i in range(0, len(F), 64)])
