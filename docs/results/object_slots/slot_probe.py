@@ -2,7 +2,9 @@
 
 A reward head trained on the PickPlace frames of the pretraining cache only, scored like the reward (softmax over
 the whole task set, 2,256 goals; pooled AP over training / held-out goals on the validation frames):
-- cells: a small CNN embeds each 12 x 12 cell of the 84-px room frame on its own (no context), L2-normalised, D = 64;
+- cells: a small CNN embeds each 12 x 12 cell of the 84-px room frame on its own (no context), L2-normalised, D = 64
+  (``--cells trunk``: a linear map of v6's ConvMixer trunk features, one per cell with its neighbours' context,
+  the trunk fine-tuned at a sixth of the head's learning rate);
 - objects: each of the caption's two objects gets an embedding v1, v2 from the text (``--text``):
   ``factored`` = W(LN(h_noun)) + W(LN(h_colour)), h = frozen MiniLM token states of the object's noun and of the
   colour word before it (the tower of the default model; a noun's state holds its own adjective, text_binding/);
@@ -39,13 +41,16 @@ p = argparse.ArgumentParser()
 p.add_argument("--train", required=True); p.add_argument("--val", required=True)
 p.add_argument("--text", choices=("factored", "token", "symbolic"), default="factored")
 p.add_argument("--score", choices=("lse", "bilinear"), default="lse")
+p.add_argument("--cells", choices=("cnn", "trunk"), default="cnn",
+               help="cnn: a small CNN over each cell alone; trunk: v6's ConvMixer trunk (fine-tuned, lr / 6) + linear")
 p.add_argument("--partial", action="store_true"); p.add_argument("--epochs", type=int, default=1)
 p.add_argument("--seed", type=int, default=0); p.add_argument("--threads", type=int, default=2)
 p.add_argument("--checkpoint", default=None, help="where the head is saved (default: next to --train)")
 p.add_argument("--eval-wordings", action="store_true")
 args = p.parse_args()
 torch.set_num_threads(args.threads); torch.manual_seed(args.seed); np.random.seed(args.seed)
-ckpt = args.checkpoint or f"{args.train}.slots-{args.text}-{args.score}-{'partial' if args.partial else 'full'}-s{args.seed}.pt"
+ckpt = args.checkpoint or (f"{args.train}.slots-{args.cells}-{args.text}-{args.score}-"
+                           f"{'partial' if args.partial else 'full'}-s{args.seed}.pt")
 
 
 def load(path):
@@ -121,8 +126,15 @@ class SlotHead(nn.Module):
         self.sym_c, self.sym_o = nn.Embedding(9, 128), nn.Embedding(7, 128)
         self.sym = nn.Sequential(nn.GELU(), nn.Linear(128, D))
         self.scale, self.bias = nn.Parameter(torch.tensor(2.3)), nn.Parameter(torch.tensor(-5.0))
+        if args.cells == "trunk":  # v6's image trunk: its 7 x 7 x 256 features (one per cell, with context) before pooling
+            self.trunk, self.proj = vlm.model.visual.trunk, nn.Linear(256, D)
 
     def cells(self, x):  # uint8 (B, 84, 84, 3) -> (B, 49, D), one embedding per 12-px cell
+        if args.cells == "trunk":
+            mean, std = (torch.tensor(vlm.preprocess_kwargs[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+            x = (torch.as_tensor(x).float().div(255).permute(0, 3, 1, 2) - mean) / std
+            f = self.trunk.forward_features(x).flatten(2).transpose(1, 2)  # (B, 49, 256)
+            return F.normalize(nonneg(self.proj(f)), dim=-1)
         x = torch.as_tensor(x).float().div(127.5).sub(1).permute(0, 3, 1, 2); B = x.shape[0]
         c = x.reshape(B, 3, 7, 12, 7, 12).permute(0, 2, 4, 1, 3, 5).reshape(B * 49, 3, 12, 12)
         return F.normalize(nonneg(self.cell(c).reshape(B, 49, D)), dim=-1)
@@ -171,9 +183,11 @@ if args.eval_wordings:
         print(f"eval wording {k}", repr(reword(goals[0], k)), evaluate(Xva, Yva), flush=True)
     sys.exit()
 
-opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.01)
+trunk = [q for n, q in m.named_parameters() if n.startswith("trunk.")]
+rest = [q for n, q in m.named_parameters() if not n.startswith("trunk.")]
+opt = torch.optim.AdamW([{"params": rest}] + ([{"params": trunk}] if trunk else []), lr=2e-3, weight_decay=0.01)
 steps = args.epochs * (len(Xtr) // 128)
-sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
+sched = torch.optim.lr_scheduler.OneCycleLR(opt, [2e-3, 2e-3 / 6][:len(opt.param_groups)], total_steps=steps, pct_start=0.1)
 train_rows = torch.cat([torch.nonzero(torch.from_numpy(is_train))[:, 0], torch.arange(G, G + P)])
 n_goals = int(is_train.sum())
 t0, step = time.time(), 0
