@@ -24,6 +24,7 @@ noun; labels the OR of the goals it covers, held-out goals included; none names 
 (the caches ``vlmreward pretrain --data-dir runs/data`` writes for the default recipe)
 """
 import argparse
+import re
 import sys
 import time
 
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
 from vlmreward import load_model
-from vlmreward.envs.household import COLOURS, HELDOUT_PAIRS, OBJECTS, goal_specs
+from vlmreward.envs.household import COLOURS, OBJECTS
+from vlmreward.pretrain.captions import attribute_captions
 from vlmreward.pretrain.dataset import FrameDataset
 
 p = argparse.ArgumentParser()
@@ -59,32 +61,27 @@ def load(path):
     return ds.frames[rows], ds.labels[rows][:, cols], [ds.goals[c] for c in cols], ds.train_goal_mask[cols]
 
 
-Xtr, Ytr, goals, is_train = load(args.train)
-Xva, Yva, goals_va, _ = load(args.val)
-assert goals == goals_va
-specs = goal_specs("pickplace"); G = len(goals)
-# captions: the goals, then the partial ones; slots (colour index or 8 = any, type index or 6 = any) x 2 objects
-slots = [tuple((COLOURS.index(c), OBJECTS.index(t)) for c, t in specs[g]) for g in goals]
-partial = {}
-for g, sp in enumerate(slots if args.partial else []):
-    for k in range(2):
-        if specs[goals[g]][1 - k] in HELDOUT_PAIRS:
-            continue
-        for att in ((sp[k][0], 6), (8, sp[k][1])):
-            partial.setdefault(tuple(att if j == k else sp[j] for j in range(2)), []).append(g)
-pkeys = list(partial); P = len(pkeys)
+Xva, Yva, goals, is_train = load(args.val)
+G = len(goals)
+# captions: the goals, then the partial ones (v6's: pretrain.captions.attribute_captions, held-out goals covered);
+# slots (colour index or 8 = any, type index or 6 = any) x 2 objects
+partial = attribute_captions(goals) if args.partial else {}
+P = len(partial)
+captions = goals + list(partial)
 cover = torch.zeros(G, P)  # goal g makes partial caption p true
-for i, key in enumerate(pkeys):
-    cover[partial[key], i] = 1
+index = {g: i for i, g in enumerate(goals)}
+for i, covered in enumerate(partial.values()):
+    cover[[index[g] for g in covered], i] = 1
 
 
-def words(sl):
-    return " ".join(([COLOURS[sl[0]]] if sl[0] < 8 else []) + [OBJECTS[sl[1]] if sl[1] < 6 else "object"])
+def slot(phrase):
+    *colour, kind = phrase.split()
+    return (COLOURS.index(colour[0]) if colour else 8, OBJECTS.index(kind) if kind != "object" else 6)
 
 
-captions = goals + [f"put the {words(k[0])} next to the {words(k[1])}" for k in pkeys]
-allslots = torch.tensor(slots + pkeys)  # (G+P, 2, 2)
-print(f"PickPlace frames: train {len(Xtr)}, val {len(Xva)}; goals {G} ({int(is_train.sum())} training), "
+allslots = torch.tensor([[slot(o) for o in re.fullmatch(r"put the (.+) next to the (.+)", c).groups()]
+                         for c in captions])  # (G+P, 2, 2)
+print(f"PickPlace frames: val {len(Xva)}; goals {G} ({int(is_train.sum())} training), "
       f"partial captions {P}", flush=True)
 
 vlm = load_model("default"); text = vlm.model.text; tokenizer = vlm.tokenizer
@@ -128,11 +125,11 @@ class SlotHead(nn.Module):
         self.scale, self.bias = nn.Parameter(torch.tensor(2.3)), nn.Parameter(torch.tensor(-5.0))
         if args.cells == "trunk":  # v6's image trunk: its 7 x 7 x 256 features (one per cell, with context) before pooling
             self.trunk, self.proj = vlm.model.visual.trunk, nn.Linear(256, D)
+            self.mean, self.std = (torch.tensor(vlm.preprocess_kwargs[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
 
     def cells(self, x):  # uint8 (B, 84, 84, 3) -> (B, 49, D), one embedding per 12-px cell
         if args.cells == "trunk":
-            mean, std = (torch.tensor(vlm.preprocess_kwargs[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
-            x = (torch.as_tensor(x).float().div(255).permute(0, 3, 1, 2) - mean) / std
+            x = (torch.as_tensor(x).float().div(255).permute(0, 3, 1, 2) - self.mean) / self.std
             f = self.trunk.forward_features(x).flatten(2).transpose(1, 2)  # (B, 49, 256)
             return F.normalize(nonneg(self.proj(f)), dim=-1)
         x = torch.as_tensor(x).float().div(127.5).sub(1).permute(0, 3, 1, 2); B = x.shape[0]
@@ -183,6 +180,9 @@ if args.eval_wordings:
         print(f"eval wording {k}", repr(reword(goals[0], k)), evaluate(Xva, Yva), flush=True)
     sys.exit()
 
+Xtr, Ytr, goals_tr, _ = load(args.train)
+assert goals_tr == goals
+print(f"PickPlace training frames: {len(Xtr)}", flush=True)
 trunk = [q for n, q in m.named_parameters() if n.startswith("trunk.")]
 rest = [q for n, q in m.named_parameters() if not n.startswith("trunk.")]
 opt = torch.optim.AdamW([{"params": rest}] + ([{"params": trunk}] if trunk else []), lr=2e-3, weight_decay=0.01)
