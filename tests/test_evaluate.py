@@ -135,6 +135,9 @@ def test_default_model_offline_and_stable(monkeypatch):
     assert got["goals"] == ref["goals"] and got["frames"] == ref["frames"]
     np.testing.assert_allclose(got["probs"], ref["probs"], atol=2e-3)
     np.testing.assert_array_equal(reference_rewards(vlm)["probs"], got["probs"])  # deterministic
+    # the relation head of two-object goals (vlmreward.relation), recorded the same way
+    assert vlm.relation_head is not None and got["relation_goals"] == ref["relation_goals"]
+    np.testing.assert_allclose(got["relation_probs"], ref["relation_probs"], atol=2e-3)
 
 
 def test_pr_curves_in_the_report_keep_every_recall_level(tiny_report):

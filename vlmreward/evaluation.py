@@ -52,21 +52,23 @@ test_recipe.__test__ = False  # not a pytest test
 
 @torch.inference_mode()
 def reward_probs(vlm, frames, goals, *, negatives, num_negatives: int | None, templates=("{}",),
-                 template_ensembling: str = "normalized_mean", seed: int = 0, batch: int = 256) -> np.ndarray:
+                 template_ensembling: str = "normalized_mean", seed: int = 0, batch: int = 256,
+                 scorer: str = "auto") -> np.ndarray:
     """p(goal | frame) of eq. 1 for every frame and goal: float64 (N, G), from uint8 ``frames`` (N, H, W, 3),
     through a :class:`GoalBank` (``negatives``, ``num_negatives``, ``templates``, ``seed``) and a probability
-    :class:`RewardModel`."""
+    :class:`RewardModel` (``scorer``)."""
     from vlmreward.goals import GoalBank
     from vlmreward.reward import RewardModel
     bank = GoalBank(vlm, goals, templates=templates, negatives=negatives, num_negatives=num_negatives, seed=seed,
                     template_ensembling=template_ensembling)
-    rm = RewardModel(vlm, bank, mode="probability")
+    rm = RewardModel(vlm, bank, mode="probability", scorer=scorer)
     return np.concatenate([rm(frames[i:i + batch]).probs.double().cpu().numpy()
                            for i in range(0, len(frames), batch)])
 
 
 def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), template_ensembling="normalized_mean",
-                   seed: int = 0, wordings: int | None = 0, progress=None, extra_negatives=()) -> dict:
+                   seed: int = 0, wordings: int | None = 0, progress=None, extra_negatives=(), scorer: str = "auto"
+                   ) -> dict:
     """Scores of a :class:`~vlmreward.pretrain.dataset.FrameDataset`, per environment and goal group.
 
     Each environment's goals are scored against ``num_negatives`` negatives (capped at its task set size - 1;
@@ -77,7 +79,8 @@ def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), tem
     (:func:`vlmreward.envs.language.reword`), so a goal competes with its negatives in one phrasing. "wording":
     the group's first goal as scored. ``progress``: called once per scored goal set. ``extra_negatives``:
     strings that join every environment's negatives (those of its own task set left out; said in the group's
-    wording too), e.g. :func:`vlmreward.envs.task_sets` of ``vlmreward train --negatives-from``.
+    wording too), e.g. :func:`vlmreward.envs.task_sets` of ``vlmreward train --negatives-from``. ``scorer``: of
+    each :class:`RewardModel` ("auto": the relation head for two-object goals when the model has one).
     """
     from vlmreward.envs.language import num_wordings, reword
     out = {}
@@ -91,7 +94,8 @@ def dataset_scores(vlm, ds, *, num_negatives: int | None, templates=("{}",), tem
         extra = [s for s in extra_negatives if s not in own]
         pool = len(task) + len(extra) - 1
         n = pool if num_negatives is None else min(int(num_negatives), pool)
-        kw = dict(num_negatives=n, templates=templates, template_ensembling=template_ensembling, seed=seed)
+        kw = dict(num_negatives=n, templates=templates, template_ensembling=template_ensembling, seed=seed,
+                  scorer=scorer)
         n_eval = max(num_wordings(g, "eval") for g in task)
         n_eval = n_eval if wordings is None else min(n_eval, int(wordings))
         sets = [("probs", task, extra)] + [(f"eval:{k}", [reword(g, k) for g in task], [reword(g, k) for g in extra])
@@ -167,14 +171,14 @@ def load_labelled_frames(path) -> dict:
 
 
 def data_scores(vlm, data: dict, *, num_negatives: int | None, templates=("{}",), template_ensembling="normalized_mean",
-                seed: int = 0) -> dict:
+                seed: int = 0, scorer: str = "auto") -> dict:
     """Scores of :func:`load_labelled_frames`' data in the layout of :func:`dataset_scores`: one group "goals"."""
     negatives = data["negatives"] or data["goals"]
     # GoalBank caps each goal's negatives at its pool (the task set minus the goal)
     pool = max(len({s for s in negatives if s != g}) for g in data["goals"])
     n = pool if num_negatives is None else min(int(num_negatives), pool)
     probs = reward_probs(vlm, data["frames"], data["goals"], negatives=negatives, num_negatives=n,
-                         templates=templates, template_ensembling=template_ensembling, seed=seed)
+                         templates=templates, template_ensembling=template_ensembling, seed=seed, scorer=scorer)
     return {DATA_GROUP: {"probs": probs.ravel(), "labels": data["labels"].ravel(), "goals": len(data["goals"]),
                          "frames": len(data["frames"]), "num_negatives": n}}
 
@@ -185,7 +189,7 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
                           out: str | Path | None = None, data_dir: str | Path = "data/evaluate",
                           device: str = "cpu", image_size: int | None = None, resize_mode: str | None = None,
                           interpolation: str | None = None, view: str = "", progress: bool = True,
-                          return_scores: bool = False, negatives_from=()) -> dict:
+                          return_scores: bool = False, negatives_from=(), scorer: str = "auto") -> dict:
     """Evaluate a reward model offline on labelled frames: registered environments' test seeds, or ``data``.
 
     Args:
@@ -208,6 +212,8 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
         negatives_from: env ids whose task sets join every environment's negatives (environments only; as
             ``vlmreward train --negatives-from``).
         return_scores: also return the raw (probs, labels) arrays under "scores" (not written to JSON).
+        scorer: "auto", "embedding" or "relation" (:class:`vlmreward.RewardModel`; "auto" scores two-object goals
+            with the model's relation head when it has one).
     Returns:
         {"model", "identity", "num_negatives", "results": {family key: {group: metrics dict}}, "table":
         markdown, ...}. A metrics dict is :func:`group_metrics`'.
@@ -242,11 +248,11 @@ def evaluate_reward_model(model: str = "default", env_ids=None, *, data=None, pr
     vlm = load_model(model, pretrained, device=device, image_size=image_size, resize_mode=resize_mode,
                      interpolation=interpolation)
     kw = dict(num_negatives=num_negatives, templates=tuple(templates), template_ensembling=template_ensembling,
-              seed=seed)
+              seed=seed, scorer=scorer)
     report = {"model": model if pretrained is None else f"{model}:{pretrained}", "identity": vlm.identity,
               "num_negatives": None if num_negatives is None else int(num_negatives), "templates": list(templates),
               "template_ensembling": template_ensembling, "seed": seed, "preprocess": vlm.preprocess_kwargs,
-              "negatives_from": negatives_from}
+              "negatives_from": negatives_from, "scorer": scorer}
     if labelled is not None:
         scores = {Path(data).stem: data_scores(vlm, labelled, **kw)}
         report["data"] = str(data)
@@ -346,6 +352,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vlmreward.envs.household import VIEWS
     parser.add_argument("--view", default="", choices=["", *VIEWS],
                         help="household frames (default: the environments' own)")
+    parser.add_argument("--scorer", default="auto", choices=["auto", "embedding", "relation"],
+                        help="auto: goals that relate two objects are scored by the model's relation head when it "
+                             "has one; embedding: pooled embeddings for every goal")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the test recipe's episodes")
     parser.add_argument("--out", default=None, help="output directory (default runs/evaluate/<model>)")
@@ -362,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, templates=tuple(args.templates), template_ensembling=args.template_ensembling,
         seed=args.seed, scale=args.scale, out=out, data_dir=args.data_dir, device=args.device,
         image_size=args.image_size, resize_mode=args.resize_mode, interpolation=args.interpolation,
-        view=args.view, progress=not args.no_progress, negatives_from=args.negatives_from)
+        view=args.view, progress=not args.no_progress, negatives_from=args.negatives_from, scorer=args.scorer)
     print(report["table"])
     print(f"wrote {out}/evaluation.json, evaluation.md, pr_curves.png")
     return 0

@@ -72,10 +72,12 @@ class VisionLanguageModel:
         reuse_last_images: False by default; True: :meth:`encode_image` called with the same pixels as its previous
             call returns that call's embeddings (two reward models scoring the same frames, e.g. a goal and its
             sub-goals, run the image tower once). Only for frozen weights.
+        relation_head: a :class:`vlmreward.relation.RelationHead` (eval mode, on the model's device) or None:
+            the scorer of goals that relate two objects (:meth:`encode_cells`, :meth:`encode_objects`).
     """
 
     def __init__(self, model, tokenizer, *, name: str, identity: str, model_cfg: dict, precision: str,
-                 text_from_package: bool = False):
+                 text_from_package: bool = False, relation_head=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -85,14 +87,17 @@ class VisionLanguageModel:
         self.text_from_package = text_from_package
         self.reuse_last_images = False
         self._last_images: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.relation_head = None if relation_head is None else relation_head.eval().to(self.device)
 
     @classmethod
-    def of_module(cls, module, arch: str) -> "VisionLanguageModel":
+    def of_module(cls, module, arch: str, relation_head=None) -> "VisionLanguageModel":
         """Wrap an in-memory open_clip module of the registered architecture ``arch`` (e.g. during training;
-        puts it in eval mode). Its identity is unique per call: the weights may change afterwards."""
+        puts it and ``relation_head`` in eval mode). Its identity is unique per call: the weights may change
+        afterwards."""
         model_cfg = model_config(arch)
         return cls(module, get_tokenizer(arch, model_cfg), name=arch, identity=f"{arch}:module:{uuid.uuid4().hex}",
-                   model_cfg=model_cfg, precision="fp32", text_from_package=_package_ref(model_cfg) is not None)
+                   model_cfg=model_cfg, precision="fp32", text_from_package=_package_ref(model_cfg) is not None,
+                   relation_head=relation_head)
 
     def __repr__(self):
         return f"VisionLanguageModel({self.identity!r}, device={self.device}, embed_dim={self.embed_dim})"
@@ -174,12 +179,50 @@ class VisionLanguageModel:
         out = torch.cat([self.model.encode_text(b.to(self.device)).float() for b in batches])
         return out[torch.argsort(order)]
 
+    @torch.inference_mode()
+    def encode_cells(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit cell embeddings (B, C, D_rel) float32 of the relation head from preprocessed pixels (B, 3, S, S).
+        Raises ValueError if the model has no relation head."""
+        head = self._relation("encode_cells")
+        return head.cells(pixels.to(self.device, torch.float32)).float()
+
+    @torch.inference_mode()
+    def encode_objects(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit embeddings (K, 2, D_rel) float32 of the two objects each of K texts names (relation head).
+        Raises ValueError if the model has no relation head or a text does not name exactly two objects."""
+        from vlmreward.relation import object_token_states
+        head = self._relation("encode_objects")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
+            raise TypeError("texts must be a non-empty list of strings")
+        states = object_token_states(self.model.text, self.tokenizer.tokenizer, texts, head.config["nouns"],
+                                     head.config["attributes"], context_length=self.tokenizer.context_length)
+        return head.objects(*(t.to(self.device) for t in states)).float()
+
+    def names_two_objects(self, texts: Sequence[str]) -> bool:
+        """True when the model has a relation head and every text names exactly two of its objects."""
+        from vlmreward.relation import object_spans
+        if self.relation_head is None:
+            return False
+        try:
+            object_spans(self.tokenizer.tokenizer, texts, self.relation_head.config["nouns"],
+                         self.relation_head.config["attributes"], context_length=self.tokenizer.context_length)
+        except ValueError:
+            return False
+        return True
+
+    def _relation(self, who: str):
+        if self.relation_head is None:
+            raise ValueError(f"{who}: model {self.name!r} has no relation head (vlmreward.relation)")
+        return self.relation_head
+
     def save(self, directory, *, include_package_text: bool = False) -> Path:
-        """Write the model in open_clip's hub layout (see :func:`save_hub_dir`); returns the directory.
+        """Write the model in open_clip's hub layout (see :func:`save_hub_dir`), with its relation head if it
+        has one; returns the directory.
 
         The preprocess config written is the model's current one (with any override of :func:`load_model`).
         """
-        return save_hub_dir(directory, self.model, self.model_cfg, include_package_text=include_package_text)
+        return save_hub_dir(directory, self.model, self.model_cfg, include_package_text=include_package_text,
+                            relation_head=self.relation_head)
 
 
 def length_batches(model, tokens: torch.Tensor, batch_size: int):
@@ -521,21 +564,31 @@ def state_to_save(module: torch.nn.Module, model_cfg: dict, *, include_package_t
 
 
 def save_hub_dir(directory, module: torch.nn.Module, model_cfg: dict, *, include_package_text: bool = False,
-                 extra: dict | None = None) -> Path:
+                 extra: dict | None = None, relation_head=None) -> Path:
     """Write ``module`` in open_clip's hub layout: ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``
-    plus ``"vlmreward": extra`` if given) + ``open_clip_model.safetensors``, both atomically
+    plus ``"vlmreward": extra`` if given) + ``open_clip_model.safetensors``, all atomically
     (:func:`vlmreward.fileio.write_all`). A packaged text transformer is left out unless ``include_package_text``;
     :func:`load_model` takes it from the package again. ``preprocess_cfg`` is the module's own
-    (``open_clip.get_model_preprocess_cfg``). Returns the directory.
+    (``open_clip.get_model_preprocess_cfg``). A ``relation_head`` (:class:`vlmreward.relation.RelationHead`) adds
+    ``relation_head.safetensors`` and its config under ``"vlmreward": {"relation_head": ...}``; open_clip itself
+    ignores both. Returns the directory.
     """
     from safetensors.torch import save_file
+
+    from vlmreward.relation import CONFIG_KEY, WEIGHTS_NAME
     directory = Path(directory)
     state = state_to_save(module, model_cfg, include_package_text=include_package_text)
     preprocess = {k: (list(v) if isinstance(v, tuple) else v)
                   for k, v in open_clip.model.get_model_preprocess_cfg(module).items()}
+    extra = dict(extra or {})
+    files = {directory / WEIGHTS_NAMES[0]: lambda tmp: save_file(state, str(tmp))}
+    if relation_head is not None:
+        extra[CONFIG_KEY] = relation_head.config
+        head_state = {k: v.detach().cpu().contiguous() for k, v in relation_head.state_dict().items()}
+        files[directory / WEIGHTS_NAME] = lambda tmp: save_file(head_state, str(tmp))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess, **({"vlmreward": extra} if extra else {})}
-    fileio.write_all({directory / WEIGHTS_NAMES[0]: lambda tmp: save_file(state, str(tmp)),
-                      directory / CONFIG_NAME: lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n")})
+    files[directory / CONFIG_NAME] = lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n")
+    fileio.write_all(files)
     return directory
 
 
@@ -597,8 +650,30 @@ def _build(source: str, model_cfg: dict, checkpoint: Path | None, device, precis
 
 def _load_directory(path: Path, name: str, device, precision, preprocess) -> VisionLanguageModel:
     config, weights = read_hub_dir(path)
-    return _build(f"{open_clip.factory.LOCAL_DIR_PREFIX}{weights.parent}", config["model_cfg"], weights, device,
-                  precision, preprocess, name=name)
+    vlm = _build(f"{open_clip.factory.LOCAL_DIR_PREFIX}{weights.parent}", config["model_cfg"], weights, device,
+                 precision, preprocess, name=name)
+    head_cfg = (config.get("vlmreward") or {}).get("relation_head")
+    if head_cfg is not None:
+        head, file = read_relation_head(weights.parent, head_cfg, source=repr(name))
+        vlm.relation_head = head.eval().to(vlm.device)
+        vlm.identity += f"+relation:sha256={_sha256(file)[:16]}"
+    return vlm
+
+
+def read_relation_head(directory: Path, head_cfg: dict, *, source: str):
+    """(:class:`vlmreward.relation.RelationHead` with its weights, weights file) of a hub directory whose config
+    names one. Raises FileNotFoundError (no weights file) or ValueError (bad config, corrupt or mismatched
+    weights)."""
+    from vlmreward.relation import WEIGHTS_NAME, RelationHead
+    file = Path(directory) / WEIGHTS_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"model {source} names a relation head but {str(file)!r} is missing")
+    head = RelationHead.from_config(head_cfg)
+    try:
+        head.load_state_dict(read_state_dict(file))
+    except RuntimeError as e:
+        raise ValueError(f"relation head {str(file)!r} of {source} does not match its config: {e}") from e
+    return head, file
 
 
 def _hub_host() -> str:

@@ -12,6 +12,12 @@ Modes:
   x with t and b (plus the fixed lengths of t, b and t.b), so the fused kernel computes it with the baseline as
   one extra "goal".
 
+Scorers: "embedding" scores a frame against a goal by the cosine of their pooled embeddings (eq. 1's
+``cos(f(o), g(l)) / tau``); "relation" uses the model's object-relation head (:mod:`vlmreward.relation`) for
+goals that relate two objects, logits ``exp(log_scale) * score`` in eq. 1's softmax ("binary" and
+"probability" modes). The default "auto" picks "relation" when the model has the head and every string of the
+bank names two of its objects.
+
 In "binary" mode a reward that never fires (or always fires) on the first ``fire_check_frames`` frames is
 warned about once (RuntimeWarning with the largest / smallest p seen against beta); :meth:`RewardModel.calibrate`
 chooses beta from labelled frames.
@@ -27,9 +33,10 @@ import torch.nn.functional as F
 
 from vlmreward.goals import GoalBank
 from vlmreward.metrics import calibrate_threshold
-from vlmreward.ops import RewardOutput, as_frames, fused_reward, validate_goal_bank
+from vlmreward.ops import RewardOutput, as_frames, fused_reward, preprocess, validate_goal_bank
 
 MODES = ("binary", "probability", "cosine", "projection")
+SCORERS = ("auto", "embedding", "relation")
 
 
 class RewardModel:
@@ -49,18 +56,22 @@ class RewardModel:
         fire_check_frames: in "binary" mode, after this many frames (counted over calls) warn once
             (RuntimeWarning) if the reward never fired (max p <= beta) or always fired (min p > beta);
             0 disables the check. :meth:`calibrate` restarts it.
+        scorer: "auto", "embedding" or "relation" (see the module docstring); the chosen one is :attr:`scorer`.
+            With "relation", ``temperature=None`` uses the relation head's own ``1 / exp(log_scale)``.
 
     Call ``reward_model(frames, goal_ids)`` with frames uint8 (B, H, W, 3) / (H, W, 3) (numpy, torch, or a list
     of frames as ``envs.render()`` returns) and goal_ids int (B,) -> RewardOutput(probs, rewards) of (B,);
     without goal_ids every goal is scored -> (B, G). probs is always p of eq. 1; float32 on the model's device.
 
     Raises:
-        ValueError: a bank from another model, a bad mode, threshold (not finite), temperature, alpha or baseline.
+        ValueError: a bank from another model, a bad mode, threshold (not finite), temperature, alpha, baseline
+            or scorer ("relation" with a model without a relation head, a bank string that does not name two
+            objects, or mode "cosine" / "projection").
     """
 
     def __init__(self, model, bank: GoalBank, *, threshold: float = 0.5, temperature: float | None = None,
                  mode: str = "binary", baseline: str | Sequence[str] | None = None, alpha: float = 0.5,
-                 fire_check_frames: int = 1000):
+                 fire_check_frames: int = 1000, scorer: str = "auto"):
         if not isinstance(bank, GoalBank):
             raise TypeError(f"bank must be a GoalBank, got {type(bank).__name__}")
         if bank.identity != model.identity:
@@ -72,8 +83,22 @@ class RewardModel:
             raise ValueError(f"threshold must be a finite number, got {threshold}")
         if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive number or None, got {temperature}")
-        self.model, self.bank, self.mode, self.threshold = model, bank, mode, threshold
-        self.temperature = 1.0 / model.logit_scale if temperature is None else float(temperature)
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+        head = getattr(model, "relation_head", None)
+        if scorer == "auto":
+            scorer = "relation" if head is not None and mode in ("binary", "probability") \
+                and model.names_two_objects(bank.strings) else "embedding"
+        self.model, self.bank, self.mode, self.threshold, self.scorer = model, bank, mode, threshold, scorer
+        self._objects = None
+        if scorer == "relation":
+            if mode not in ("binary", "probability"):
+                raise ValueError(f"the relation scorer gives probabilities, not cosines: mode must be 'binary' or "
+                                 f"'probability', got {mode!r}")
+            self._objects = self._embed_objects(model, bank)  # raises for a model without a head, a bad string
+            head = model.relation_head
+        default_scale = head.logit_scale if scorer == "relation" else model.logit_scale
+        self.temperature = 1.0 / default_scale if temperature is None else float(temperature)
         self.logit_scale = 1.0 / self.temperature
         self.alpha = float(alpha)
         if isinstance(fire_check_frames, bool) or not isinstance(fire_check_frames, (int, np.integer)) \
@@ -112,8 +137,17 @@ class RewardModel:
         self._own = torch.arange(len(self._text), device=sets.device)[:, None] if full else None
 
     def __repr__(self):
-        return (f"RewardModel(mode={self.mode!r}, threshold={self.threshold}, temperature={self.temperature:.4g}, "
-                f"goals={len(self.bank)}, model={self.model.identity!r})")
+        return (f"RewardModel(mode={self.mode!r}, scorer={self.scorer!r}, threshold={self.threshold}, "
+                f"temperature={self.temperature:.4g}, goals={len(self.bank)}, model={self.model.identity!r})")
+
+    @staticmethod
+    def _embed_objects(model, bank: GoalBank) -> torch.Tensor:
+        """(K, 2, D) object embeddings of the bank's strings, template-ensembled as the bank's text embeddings."""
+        texts = [t.replace("{}", s) for s in bank.strings for t in bank.templates]
+        with torch.inference_mode():
+            e = model.encode_objects(texts).view(len(bank.strings), len(bank.templates), 2, -1).mean(1)
+            e = F.normalize(e, dim=-1) if bank.template_ensembling == "normalized_mean" else e
+        return e.clone()
 
     def goal_ids(self, goals: str | Sequence[str]) -> torch.Tensor:
         """int64 indices of goal strings in the bank, on the model's device."""
@@ -123,7 +157,10 @@ class RewardModel:
     def __call__(self, frames, goal_ids=None) -> RewardOutput:
         x = as_frames(frames).to(self.model.device)
         ids = None if goal_ids is None else self._check_goal_ids(goal_ids, x.shape[0])
-        if self._own is not None and (ids is None or self.mode == "projection"):
+        if self.scorer == "relation":
+            probs = self._relation_probs(x, ids)
+            out = RewardOutput(probs, (probs > self.threshold).float() if self.mode == "binary" else probs)
+        elif self._own is not None and (ids is None or self.mode == "projection"):
             out = self._shared_softmax(x)
         else:
             kernel_mode = "cosine" if self.mode == "projection" else self.mode
@@ -161,11 +198,14 @@ class RewardModel:
         probs = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], batch_size):
-                out = fused_reward(x[i:i + batch_size].to(self.model.device), self.model.encode_image,
-                                   self.bank.text_embeddings, self.bank.goal_sets, logit_scale=self.logit_scale,
-                                   threshold=self.threshold, goal_ids=None if ids is None else ids[i:i + batch_size],
-                                   mode="probability", **self.model.preprocess_kwargs)
-                probs.append(out.probs.double().cpu().numpy())
+                xi, ids_i = x[i:i + batch_size].to(self.model.device), None if ids is None else ids[i:i + batch_size]
+                if self.scorer == "relation":
+                    p = self._relation_probs(xi, ids_i)
+                else:
+                    p = fused_reward(xi, self.model.encode_image, self.bank.text_embeddings, self.bank.goal_sets,
+                                     logit_scale=self.logit_scale, threshold=self.threshold, goal_ids=ids_i,
+                                     mode="probability", **self.model.preprocess_kwargs).probs
+                probs.append(p.double().cpu().numpy())
         self.threshold = calibrate_threshold(np.concatenate(probs).ravel(), y.ravel(), target=target)
         self._restart_fire_check()
         return self.threshold
@@ -211,6 +251,22 @@ class RewardModel:
             rewards = ((probs > self.threshold).float() if self.mode == "binary" else probs
                        if self.mode == "probability" else torch.cat([cos[:, :g], cos[:, k:]], 1))  # + baseline
         return RewardOutput(probs, rewards)
+
+    @torch.inference_mode()
+    def _relation_probs(self, x, ids) -> torch.Tensor:
+        """Eq. 1 with the relation head's logits: p (B, G) float32, or (B,) at ``ids``."""
+        cells = self.model.encode_cells(preprocess(x, **self.model.preprocess_kwargs))
+        logits = self.logit_scale * self.model.relation_head.scores(cells, self._objects)  # (B, K)
+        g = len(self.bank)
+        if self._own is not None:  # every set holds every string: one softmax per frame
+            probs = torch.softmax(logits, dim=1)[:, :g]
+        else:
+            sets = self.bank.goal_sets  # (G, 1 + N), -1 padding
+            per_set = logits[:, sets.clamp_min(0)].masked_fill(sets < 0, float("-inf"))
+            probs = torch.softmax(per_set, dim=2)[:, :, 0]
+        if ids is not None:
+            probs = probs[torch.arange(len(ids), device=ids.device), ids]
+        return probs.float().contiguous()
 
     def _projection(self, out: RewardOutput, ids) -> RewardOutput:
         g = len(self.bank)

@@ -38,6 +38,7 @@ from vlmreward.pretrain.captions import attribute_captions, training_captions
 from vlmreward.pretrain.dataset import FrameDataset, default_recipe, load_or_generate
 from vlmreward.pretrain.loss import MultiPositiveClipLoss, family_sigmoid, reward_bce, sample_goal_sets
 from vlmreward.pretrain.reference import REFERENCE_FILE, reference_rewards
+from vlmreward.pretrain.relation import train_relation_head
 from vlmreward.pretrain.text import CaptionEncoder
 
 DEFAULT_MODEL = "VLMR-ConvMixer-256-4-84-MiniLM"
@@ -62,6 +63,9 @@ class PretrainConfig:
     attribute_captions: bool = option(True, "also train partial goals ('go to the red object', 'go to the key') "
                                             "in the contrastive and sigmoid terms (v1-2: off)")
     init: str = option("", "warm start: a hub directory (e.g. vlmreward/assets/default) to load first")
+    relation_head: bool = option(True, "then train the object-relation head that scores two-object goals "
+                                       "(vlmreward.relation; v1-v6: off)")
+    relation_epochs: int = option(1, "epochs of the relation head over the frames of two-object goals")
     positive_fraction: float = option(0.5, "share of sampled frames (per environment) where a training goal holds")
     eval_negatives: int | None = option(None, "validation: negatives per goal sampled from the task set "
                                               "(default: all of it, as vlmreward train and evaluate; v1-v5: 8)")
@@ -88,8 +92,10 @@ class PretrainConfig:
     def check(self) -> None:
         """Validates field values; raises ConfigError (a ValueError) naming the bad field."""
         require(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "warmup_steps", "num_negatives", "num_queries",
-                     "eval_negatives", "threads"):
+        require(self.epochs >= 1 or (self.epochs == 0 and self.init),
+                f"epochs must be >= 1 (0 only with init: train the relation head alone), got {self.epochs}")
+        for name in ("steps_per_epoch", "batch_size", "warmup_steps", "num_negatives", "num_queries",
+                     "eval_negatives", "threads", "relation_epochs"):
             value = getattr(self, name)
             require(value is None and name == "eval_negatives" or value >= 1, f"{name} must be >= 1, got {value}")
         require(0.0 < self.positive_fraction < 1.0,
@@ -185,19 +191,20 @@ def sampling_weights(ds: FrameDataset, train_cols: np.ndarray, positive_fraction
 
 @torch.no_grad()
 def validate(model, model_name: str, ds: FrameDataset, num_negatives: int | None, seed: int = 0,
-             wordings: int = 2) -> dict:
+             wordings: int = 2, relation_head=None) -> dict:
     """Average precision of the paper's reward probability (eq. 1), per environment: training goals, held-out
     goals, and the training goals in the first ``wordings`` evaluation-only wordings:
     {family: {"ap_train", "ap_heldout", "ap_eval:0", ...}} (NaN without both classes).
 
     The numbers are those of ``vlmreward evaluate`` on the same frames and model: the same goal banks, negatives,
     reward model and metrics (:func:`vlmreward.evaluation.dataset_scores`, :func:`~vlmreward.evaluation.group_metrics`).
-    ``model`` (the open_clip module of architecture ``model_name``) is put back in train mode.
+    ``model`` (the open_clip module of architecture ``model_name``, with ``relation_head`` if given) is put
+    back in train mode.
     """
     from vlmreward.evaluation import dataset_scores, family, group_metrics
     try:
-        scores = dataset_scores(VisionLanguageModel.of_module(model, model_name), ds, num_negatives=num_negatives,
-                                seed=seed, wordings=wordings)
+        scores = dataset_scores(VisionLanguageModel.of_module(model, model_name, relation_head), ds,
+                                num_negatives=num_negatives, seed=seed, wordings=wordings)
     finally:
         model.train()
     return {family(env_id): {f"ap_{group}": group_metrics(s).get("average_precision", float("nan"))
@@ -306,8 +313,8 @@ def step_columns(y: torch.Tensor, max_captions: int, generator) -> torch.Tensor:
 # ----- training ----------------------------------------------------------------------------------------
 def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
           val_ds: FrameDataset | None = None) -> dict:
-    """Train per ``cfg``; returns {"val": last validation metrics, "best": best score, "history": [...],
-    "out": run dir}. Datasets default to the cached default recipe (generated on first use).
+    """Train per ``cfg``; returns {"val": last validation metrics (with the relation head when one was trained),
+    "best": best score, "history": [...], "relation_head": its {"seconds", "val"} or None, "out": run dir}. Datasets default to the cached default recipe (generated on first use).
 
     Raises ValueError for an empty dataset or a bad config, FileNotFoundError/ValueError for ``resume``
     without a (valid) checkpoint.
@@ -337,7 +344,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     sig_bias = torch.nn.Parameter(torch.tensor(0.6 * float(model.logit_scale.detach().exp())))
     groups = param_groups(model, cfg.weight_decay) + [{"params": [sig_bias], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    total = cfg.epochs * cfg.steps_per_epoch
+    total = max(1, cfg.epochs * cfg.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (
         1 + math.cos(math.pi * min(s, total) / total)))
     clip_loss = MultiPositiveClipLoss()
@@ -405,15 +412,30 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                                         "scheduler": sched.state_dict(), "epoch": epoch + 1, "best": best,
                                         "sigmoid_bias": float(sig_bias.detach()),
                                         "history": json.dumps(history), "config": asdict(cfg)})
-    save_hub_dir(out / "final", model, mcfg, extra={"architecture": cfg.model})
-    result = {"val": history[-1]["val"] if history else {}, "best": best, "history": history, "out": str(out)}
+    head, relation = None, None
+    if cfg.relation_head:
+        t0 = time.time()
+        head = train_relation_head(model, cfg.model, train_ds, seed=cfg.seed, epochs=cfg.relation_epochs,
+                                   log=lambda line: print(line, flush=True))
+        if head is not None:
+            relation = {"seconds": time.time() - t0,
+                        "val": validate(model, cfg.model, val_ds, cfg.eval_negatives, seed=cfg.seed, relation_head=head)}
+            print(json.dumps({"relation_head": relation}), flush=True)
+            fileio.write_json(out / "relation_head.json", relation, indent=1)
+    save_hub_dir(out / "final", model, mcfg, extra={"architecture": cfg.model}, relation_head=head)
+    val = relation["val"] if relation else history[-1]["val"] if history else {}
+    result = {"val": val, "best": best, "history": history, "relation_head": relation, "out": str(out)}
     fileio.write_json(out / "history.json", history, indent=1)
     if cfg.export:
         recipe = {"command": " ".join(["vlmreward", "pretrain", *(argv or [])[2:]]) if argv else None,
                   "config": asdict(cfg), "data_recipe": {s: asdict(default_recipe(s, size, cfg.data_scale, cfg.view))
                                                          for s in ("train", "val")},
-                  "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history}
-        save_hub_dir(cfg.export, model, mcfg, extra={"architecture": cfg.model, "seed": cfg.seed})
+                  "train_frames": len(train_ds), "val_frames": len(val_ds), "history": history,
+                  "relation_head": relation}
+        init_recipe = Path(cfg.init, "RECIPE.json") if cfg.init else None
+        if init_recipe is not None and init_recipe.is_file():  # provenance of a warm start: the chain of recipes
+            recipe["init_recipe"] = json.loads(init_recipe.read_text())
+        save_hub_dir(cfg.export, model, mcfg, extra={"architecture": cfg.model, "seed": cfg.seed}, relation_head=head)
         fileio.write_json(Path(cfg.export, "RECIPE.json"), recipe, indent=1, default=list)
         # the stability record the tests check a shipped model against (reloaded through the real loader)
         fileio.write_json(Path(cfg.export, REFERENCE_FILE), reference_rewards(load_model(str(cfg.export))), indent=1)

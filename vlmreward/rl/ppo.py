@@ -31,7 +31,7 @@ import torch.nn as nn
 from vlmreward import config, fileio
 from vlmreward.config import option, require
 from vlmreward.envs.household import VIEWS
-from vlmreward.reward import MODES
+from vlmreward.reward import MODES, SCORERS
 from vlmreward.rl.agent import Agent
 from vlmreward.rl.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, save_checkpoint
 from vlmreward.rl.runlog import RunLogger, log_episodes, log_update, plot_learning_curves
@@ -63,6 +63,9 @@ class Args:
                                    "p > beta is the VLM success that ends goal-reaching episodes")
     reward_mode: str = option("binary", "reward of a step: 'binary' (the paper), 'probability' (p), 'cosine', "
                                         "'projection' (VLM-RM's goal-baseline projection; needs --baseline)")
+    scorer: str = option("auto", "how frames are scored against goals: 'embedding' (cosine of pooled embeddings), "
+                                 "'relation' (the model's object-relation head), 'auto' (relation for goals "
+                                 "that name two objects when the model has the head)")
     baseline: list[str] | None = option(None, "baseline prompt(s) of the 'projection' reward, e.g. 'a pole'")
     alpha: float = option(0.5, "projection strength of the 'projection' reward, in [0, 1]")
     num_negatives: int | None = option(None, "negatives per goal, sampled from the task set (None: all others)")
@@ -189,6 +192,7 @@ class Args:
                 "reward_at 'termination' rewards the environment's own terminal frames: VLM success cannot also "
                 "end the episode (leave terminate_on_success unset)")
         require(self.reward_mode in MODES, f"reward_mode must be one of {MODES}, got {self.reward_mode!r}")
+        require(self.scorer in SCORERS, f"scorer must be one of {SCORERS}, got {self.scorer!r}")
         require(self.reward_mode != "projection" or bool(self.baseline),
                 "reward_mode 'projection' needs --baseline (VLM-RM's baseline prompt)")
         require(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")

@@ -112,7 +112,7 @@ class Task:
             self.wording_embeddings = _wording_embeddings(model, self.bank, args.templates)
         if args.reward == "vlm":
             self.reward_model = RewardModel(model, self.bank, threshold=args.threshold, mode=args.reward_mode,
-                                            baseline=args.baseline, alpha=args.alpha,
+                                            baseline=args.baseline, alpha=args.alpha, scorer=args.scorer,
                                             fire_check_frames=1000 if fire_check else 0)
             if args.subgoal_coef > 0:  # the sub-goals' own bank: Lift's goals against Lift's and Find's
                 model.reuse_last_images = True  # the sub-goals score the goal reward's frames: one image-tower pass
