@@ -9,6 +9,9 @@ preprocess (uint8 frames -> (B,3,224,224) float32, bicubic, open_clip's default 
 reward_head (B frames, K texts, each text a goal whose negatives are the K-1 others, as GoalBank's default):
   ours        vlmreward.reward_head (all goals (B,K), and per-frame goal_ids (B,)), every mode
   torch       the plain composition: normalize, matmul, gather each goal's set, softmax, select, compare
+relation_scores (B frames x 49 cells, K two-object captions, D=64: the relation head's score of every caption):
+  ours        vlmreward.relation.relation_scores (shifted exponentials, neighbour sum as a matmul, in place)
+  torch       the formula as written: cosines, logsumexp over the 4 neighbours (stacked), logsumexp over cells
 
 VLMREWARD_PREPROCESS_ISA=avx2 (or baseline) times the kernels CPUs without AVX-512 run (read at import).
 BENCH_THREADS (default 2) sets torch's threads; BENCH_DEVICE=cuda runs ours, tv2, interp and torch on the GPU
@@ -153,3 +156,30 @@ def test_reward_head(benchmark, shape, goals, mode, impl):
     else:
         fn = lambda: _torch_head(image, text, sets, ids, mode)  # noqa
     benchmark.pedantic(_on_device(fn), rounds=20 if B <= 256 else 5, warmup_rounds=1)
+
+
+def _relation_lse(cells, objects, grid=7, tau=0.1):
+    b, k = cells.shape[0], objects.shape[0]
+    first = torch.einsum("bcd,kd->bck", cells, objects[:, 0]) / tau
+    second = torch.einsum("bcd,kd->bck", cells, objects[:, 1]) / tau
+    padded = F.pad(first.reshape(b, grid, grid, k), (0, 0, 1, 1, 1, 1), value=-float("inf"))
+    near = torch.logsumexp(torch.stack([padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2],
+                                        padded[:, 1:-1, 2:]]), 0).reshape(b, grid * grid, k)
+    return tau * torch.logsumexp(near + second, dim=1)
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch"])
+@pytest.mark.parametrize("shape", ["B=32,K=2256", "B=256,K=2256"])
+def test_relation_scores(benchmark, shape, impl):
+    from vlmreward.relation import relation_scores
+    B, K = (int(p.split("=")[1]) for p in shape.split(","))
+    g = torch.Generator().manual_seed(0)
+    cells = F.normalize(torch.randn(B, 49, 64, generator=g), dim=-1).to(DEVICE)
+    objects = F.normalize(torch.randn(K, 2, 64, generator=g), dim=-1).to(DEVICE)
+    benchmark.group = f"relation_scores {shape}"
+    fn = (lambda: relation_scores(cells, objects, 7, 0.1)) if impl == "ours" else (lambda: _relation_lse(cells, objects))
+
+    def run():
+        with torch.inference_mode():
+            return fn()
+    benchmark.pedantic(_on_device(run), rounds=10 if B <= 32 else 3, warmup_rounds=1)

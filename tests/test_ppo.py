@@ -614,3 +614,16 @@ def test_vlm_achievements_use_the_hindsight_threshold(tiny_clip_dir):
         assert fired > 0
     with pytest.raises(ValueError, match="hindsight_threshold"):
         ppo.check_args(ppo.Args(hindsight_threshold=1.5))
+
+
+def test_never_fired_warning_names_unrewarded_frames():
+    """Under --reward-at termination p can pass beta on frames that earn nothing: the warning says so instead
+    of calling the largest p "below" beta."""
+    args = ppo.Args(threshold=0.04, reward_at="termination")
+    with pytest.warns(RuntimeWarning, match=r"passed beta = 0.04 \(largest 0.147\) only on frames that are not rewarded"):
+        ppo._warn_if_never_fired(0.0, 0.147, args, 5120)
+    with pytest.warns(RuntimeWarning, match=r"largest p\(goal \| frame\) seen was 0.010, below threshold beta = 0.04"):
+        ppo._warn_if_never_fired(0.0, 0.01, args, 5120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ppo._warn_if_never_fired(1.0, 0.9, args, 5120)

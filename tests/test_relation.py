@@ -260,3 +260,48 @@ def test_relation_head_training_learns_pickplace_pairs(tmp_path):
     # a dataset without two-object goals trains no head
     find = generate(DataConfig(env_ids=("vlmreward/Find-v0",), episodes=2, max_steps=5), progress=False)
     assert train_relation_head(module, ARCH, find) is None
+
+
+def test_evaluation_scores_with_the_chosen_scorer(vlm_with_head):
+    from vlmreward.evaluation import reward_probs
+    vlm, _, _ = vlm_with_head
+    x = frames(2, seed=1)
+    auto = reward_probs(vlm, x, PAIRS, negatives=PAIRS, num_negatives=None)
+    relation = RewardModel(vlm, GoalBank(vlm, PAIRS), mode="probability", scorer="relation")(x).probs
+    np.testing.assert_allclose(auto, relation.double().numpy(), atol=1e-6)
+    embedding = reward_probs(vlm, x, PAIRS, negatives=PAIRS, num_negatives=None, scorer="embedding")
+    plain = RewardModel(vlm, GoalBank(vlm, PAIRS), mode="probability", scorer="embedding")(x).probs
+    np.testing.assert_allclose(embedding, plain.double().numpy(), atol=1e-6)
+    assert np.abs(auto - embedding).max() > 1e-3  # two different scorers
+
+
+@pytest.mark.slow
+def test_pretrain_trains_exports_and_reloads_the_head(tmp_path):
+    """`vlmreward pretrain --init DIR --epochs 0`: the relation head alone on a warm-started model; the export
+    holds it, loads through load_model, records the init model's recipe, and validation scores PickPlace with it."""
+    from vlmreward import models
+    from vlmreward.pretrain.dataset import DataConfig, generate
+    from vlmreward.pretrain.train import PretrainConfig, train
+    pp = "vlmreward/PickPlace-v0"
+    ds = generate(DataConfig(env_ids=(pp,), episodes=20, max_steps=30, random_states=200), progress=False)
+    val = generate(DataConfig(env_ids=(pp,), episodes=6, max_steps=30, split="val"), progress=False)
+    init = tmp_path / "init"
+    models.save_hub_dir(init, models.build_model(ARCH), models.model_config(ARCH))
+    (init / "RECIPE.json").write_text(json.dumps({"command": "the init model's own recipe"}))
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train(PretrainConfig(model=ARCH, epochs=0, out=str(tmp_path / "x"), progress=False), train_ds=ds, val_ds=val)
+    cfg = PretrainConfig(model=ARCH, epochs=0, init=str(init), out=str(tmp_path / "run"), export=str(tmp_path / "export"),
+                         progress=False, threads=2, relation_hard_negatives=2)
+    res = train(cfg, train_ds=ds, val_ds=val)
+    assert res["history"] == [] and res["relation_head"]["val"]["PickPlace"]["ap_train"] >= 0
+    recipe = json.loads((tmp_path / "export" / "RECIPE.json").read_text())
+    assert recipe["init_recipe"] == {"command": "the init model's own recipe"}
+    assert recipe["relation_head"]["val"] == res["relation_head"]["val"]
+    vlm = load_model(str(tmp_path / "export"))
+    assert vlm.relation_head is not None
+    rm = RewardModel(vlm, GoalBank(vlm, [ds.goals[c] for c in ds.env_goals[0]]), mode="probability")
+    assert rm.scorer == "relation" and rm(ds.frames[:3]).probs.shape == (3, len(ds.env_goals[0]))
+    # the CLIP weights are the init model's, untouched
+    from safetensors.torch import load_file
+    a, b = load_file(str(init / "open_clip_model.safetensors")), load_file(str(tmp_path / "export" / "open_clip_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -82,6 +82,7 @@ def test_missing_config_file(tmp_path):
     (["--depth", "-1"], "depth"),
     (["--goal-noise", "-0.1"], "goal_noise must be >= 0"),
     (["--goal-noise", "nan"], "goal_noise must be >= 0"),
+    (["--scorer", "slots"], "scorer must be one of"),
 ])
 def test_bad_values(argv, match):
     with pytest.raises(ValueError, match=match):

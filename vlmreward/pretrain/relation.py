@@ -39,9 +39,14 @@ def relation_columns(goals, nouns, attributes) -> np.ndarray:
 
 
 def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epochs: int = 1, batch_size: int = 128,
-                        lr: float = 2e-3, bce_weight: float = 10.0, log=print) -> RelationHead | None:
+                        lr: float = 2e-3, bce_weight: float = 10.0, hard_negatives: int = 0,
+                        log=print) -> RelationHead | None:
     """Train a relation head for ``model`` (an open_clip module of the registered architecture ``model_name``
     with a Hugging Face text tower, e.g. the default architecture) on ``train_ds`` (:class:`~vlmreward.pretrain.dataset.FrameDataset`).
+
+    ``hard_negatives``: per frame, the BCE is also taken over this many of its highest-scoring training goals that
+    do not hold (weight ``bce_weight``; 0: off), e.g. the goal pair of a carried object and the object beside the
+    agent, which the average over all goals barely weighs.
 
     The run is seeded by ``seed`` alone (independent of anything trained before it). Returns the head in eval
     mode, or None when no goal of the dataset names two objects. ``log`` receives one line per 100 steps.
@@ -108,6 +113,12 @@ def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epoc
             objects = head.objects(*(s[torch.arange(C), pick] for s in states))
             logits = head.log_scale.exp() * head.scores(head.cells(pixels), objects)
             loss = bce_weight * F.binary_cross_entropy_with_logits(logits + bias, y)
+            if hard_negatives:
+                false = logits[:, :n_goals].masked_fill(y[:, :n_goals] > 0, float("-inf"))
+                top = false.topk(min(hard_negatives, n_goals), dim=1).values
+                top = top[torch.isfinite(top)]
+                if top.numel():
+                    loss = loss + bce_weight * F.binary_cross_entropy_with_logits(top + bias, torch.zeros_like(top))
             for lo, yy in ((logits[:, :n_goals], y[:, :n_goals]), (logits[:, n_goals:], y[:, n_goals:])):
                 pos = yy.sum(1) > 0
                 if pos.any():  # multi-positive softmax cross-entropy over the captions that hold

@@ -66,6 +66,8 @@ class PretrainConfig:
     relation_head: bool = option(True, "then train the object-relation head that scores two-object goals "
                                        "(vlmreward.relation; v1-v6: off)")
     relation_epochs: int = option(1, "epochs of the relation head over the frames of two-object goals")
+    relation_hard_negatives: int = option(0, "relation head: per frame, also the BCE of its this-many highest-scoring "
+                                             "goals that do not hold (0: off, v7)")
     positive_fraction: float = option(0.5, "share of sampled frames (per environment) where a training goal holds")
     eval_negatives: int | None = option(None, "validation: negatives per goal sampled from the task set "
                                               "(default: all of it, as vlmreward train and evaluate; v1-v5: 8)")
@@ -98,6 +100,8 @@ class PretrainConfig:
                      "eval_negatives", "threads", "relation_epochs"):
             value = getattr(self, name)
             require(value is None and name == "eval_negatives" or value >= 1, f"{name} must be >= 1, got {value}")
+        require(self.relation_hard_negatives >= 0,
+                f"relation_hard_negatives must be >= 0, got {self.relation_hard_negatives}")
         require(0.0 < self.positive_fraction < 1.0,
                 f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         require(self.data_scale > 0, f"data_scale must be > 0, got {self.data_scale}")
@@ -416,7 +420,7 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
     if cfg.relation_head:
         t0 = time.time()
         head = train_relation_head(model, cfg.model, train_ds, seed=cfg.seed, epochs=cfg.relation_epochs,
-                                   log=lambda line: print(line, flush=True))
+                                   hard_negatives=cfg.relation_hard_negatives, log=lambda line: print(line, flush=True))
         if head is not None:
             relation = {"seconds": time.time() - t0,
                         "val": validate(model, cfg.model, val_ds, cfg.eval_negatives, seed=cfg.seed, relation_head=head)}

@@ -381,11 +381,18 @@ def _prepare_run_dir(run_dir: Path, args: Args) -> None:
 
 
 def _warn_if_never_fired(fired: float, prob_max: float, args: Args, steps: int) -> None:
-    if fired == 0:
-        warnings.warn(f"the VLM reward has not fired in {steps} steps: the largest p(goal | frame) seen was "
-                      f"{prob_max:.3f}, below threshold beta = {args.threshold}; the agent is training on a reward "
-                      "of 0. Choose beta from the model's precision-recall curve (`vlmreward evaluate` prints the "
-                      "best-F1 beta).", RuntimeWarning, stacklevel=3)
+    if fired:
+        return
+    if prob_max > args.threshold:  # p passed beta only on frames that earn no reward (--reward-at termination)
+        warnings.warn(f"the VLM reward has not fired in {steps} steps: p(goal | frame) passed beta = {args.threshold} "
+                      f"(largest {prob_max:.3f}) only on frames that are not rewarded (--reward-at {args.reward_at}: "
+                      "the frames where the environment ends the episode); the agent has earned no reward yet.",
+                      RuntimeWarning, stacklevel=3)
+        return
+    warnings.warn(f"the VLM reward has not fired in {steps} steps: the largest p(goal | frame) seen was "
+                  f"{prob_max:.3f}, below threshold beta = {args.threshold}; the agent is training on a reward "
+                  "of 0. Choose beta from the model's precision-recall curve (`vlmreward evaluate` prints the "
+                  "best-F1 beta).", RuntimeWarning, stacklevel=3)
 
 
 def _progress_bar(args: Args, rank: int, total: int, done: int):
