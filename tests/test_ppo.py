@@ -627,3 +627,20 @@ def test_never_fired_warning_names_unrewarded_frames():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ppo._warn_if_never_fired(1.0, 0.9, args, 5120)
+
+
+def test_step_achievements_hand_computed():
+    """Onset compares with the frame before, rewarded or not; --reward-at termination keeps terminal frames only."""
+    held = [torch.tensor([[True, False], [True, True]]), torch.tensor([[True, True], [False, True]])]
+    term, done = [np.array([False, False]), np.array([True, False])], [np.array([False, False]), np.array([True, False])]
+    expect = {("step", False): [[[1, 0], [1, 1]], [[1, 1], [0, 1]]],
+              ("step", True): [[[1, 0], [1, 1]], [[0, 1], [0, 0]]],
+              ("termination", False): [[[0, 0], [0, 0]], [[1, 1], [0, 0]]],
+              ("termination", True): [[[0, 0], [0, 0]], [[0, 1], [0, 0]]]}  # the pair held before the drop: no onset
+    for (reward_at, onset), want in expect.items():
+        args = ppo.Args(reward_at=reward_at, hindsight_onset=onset)
+        before = torch.zeros(2, 2, dtype=torch.bool)
+        for t in range(2):
+            achieved, before = ppo.step_achievements(held[t], before, term[t], done[t], args)
+            assert achieved.int().tolist() == want[t], (reward_at, onset, t)
+        assert before.int().tolist() == [[0, 0], [0, 1]]  # env 0 ended: nothing carries over its reset

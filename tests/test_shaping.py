@@ -140,7 +140,7 @@ def test_terminal_reward_keeps_the_environments_own_ends_only(tiny_model):
         np.testing.assert_array_equal(r1, np.where(te0, r0, 0.0))
         np.testing.assert_array_equal(v1, np.where(te0, v0, 0.0))
         np.testing.assert_array_equal(s1, s0 & te0[:, None])
-        np.testing.assert_array_equal(p1, np.where(te0[:, None], p0, 0.0))
+        np.testing.assert_array_equal(p1, p0)  # probabilities are measurements: kept for hindsight onset
         fired["terminated"] += int(np.sum(r0[te0]))
         fired["truncated"] += int(np.sum(r0[tr0]))
         fired["other"] += int(np.sum(r0[~te0 & ~tr0]))

@@ -412,14 +412,16 @@ class TerminalReward(VectorWrapper):
     Under a VLM reward that does not end episodes (``terminate_on_success=False``) with an environment that ends
     them on a commitment (household ``max_attempts``: the first drop), a false positive on a frame the agent
     passes through, or where a timeout stops it, earns nothing. The goals rewarded on other frames are cleared too
-    (``info["vlm_reward"]``, ``info["vlm_success_all"]``, ``info["vlm_rewards_all"]`` and ``info["vlm_probs_all"]``
-    where present), so hindsight relabels terminal frames only. Place it right above the VLM wrapper."""
+    (``info["vlm_reward"]``, ``info["vlm_success_all"]`` and ``info["vlm_rewards_all"]`` where present); the
+    probabilities (``info["vlm_prob"]``, ``info["vlm_probs_all"]``) are measurements and stay, so that hindsight
+    onset can tell a pair that held before the terminal frame (the trainer relabels terminal frames only). Place
+    it right above the VLM wrapper."""
 
     def step(self, actions):
         obs, rewards, terminated, truncated, info = self.env.step(actions)
         end = np.asarray(terminated, bool)
         info = dict(info)
-        for key in ("vlm_reward", "vlm_success_all", "vlm_rewards_all", "vlm_probs_all"):
+        for key in ("vlm_reward", "vlm_success_all", "vlm_rewards_all"):
             if key in info:
                 v = np.asarray(info[key])
                 info[key] = np.where(end.reshape((-1,) + (1,) * (v.ndim - 1)), v, np.zeros((), v.dtype))

@@ -40,10 +40,11 @@ def relation_columns(goals, nouns, attributes) -> np.ndarray:
 
 def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epochs: int = 1, batch_size: int = 128,
                         lr: float = 2e-3, bce_weight: float = 10.0, hard_negatives: int = 0,
-                        log=print) -> RelationHead | None:
+                        vocabulary: tuple[list[str], list[str]] | None = None, log=print) -> RelationHead | None:
     """Train a relation head for ``model`` (an open_clip module of the registered architecture ``model_name``
     with a Hugging Face text tower, e.g. the default architecture) on ``train_ds`` (:class:`~vlmreward.pretrain.dataset.FrameDataset`).
 
+    ``vocabulary``: (nouns, attributes) that find a caption's objects (default :func:`household_vocabulary`).
     ``hard_negatives``: per frame, the BCE is also taken over this many of its highest-scoring training goals that
     do not hold (weight ``bce_weight``; 0: off), e.g. the goal pair of a carried object and the object beside the
     agent, which the average over all goals barely weighs.
@@ -57,7 +58,7 @@ def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epoc
     from open_clip.hf_model import HFTextEncoder
 
     from vlmreward.models import get_tokenizer
-    nouns, attributes = household_vocabulary()
+    nouns, attributes = household_vocabulary() if vocabulary is None else (list(vocabulary[0]), list(vocabulary[1]))
     cols = relation_columns(train_ds.goals, nouns, attributes)
     if len(cols) == 0:
         return None

@@ -248,6 +248,20 @@ def compute_advantages(rewards, values, terminated, ended, next_value, args: Arg
     return advantages
 
 
+def step_achievements(held: torch.Tensor, before: torch.Tensor, terminated, done, args: Args):
+    """(achieved, next ``before``) of one rollout step for hindsight relabelling.
+
+    held bool (B, G'): the goals the trained reward's model holds true on the frame after the action
+    (:func:`vlmreward.rl.task.achieved_goals`); before bool (B, G'): those held on the episode's previous frame
+    (all False after a reset); terminated, done bool (B,). A goal is achieved where the reward can pay it (every
+    frame, or under ``--reward-at termination`` the environment's terminal frames) and, with ``--hindsight-onset``,
+    where it did not hold on the frame before (compared with every frame, rewarded or not).
+    """
+    now = held & torch.as_tensor(np.asarray(terminated, bool))[:, None] if args.reward_at == "termination" else held
+    achieved = now & ~before if args.hindsight_onset else now
+    return achieved, held & ~torch.as_tensor(np.asarray(done, bool))[:, None]
+
+
 def hindsight_samples(achieved: torch.Tensor, valid: torch.Tensor, ended: torch.Tensor, goal_ids: torch.Tensor,
                       window: int, decay: float):
     """Goal relabelling (Andrychowicz et al., arXiv 1707.01495; as supervised learning: Ghosh et al., GCSL,
@@ -492,9 +506,8 @@ def train(args: Args) -> dict:
             buf.terminated[step] = torch.as_tensor(term, dtype=torch.float32, device=device)
             buf.ended[step] = torch.as_tensor(done, dtype=torch.float32, device=device)
             if hindsight_ids:
-                now = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids))
-                buf.achieved[step] = now & ~before if args.hindsight_onset else now
-                before = now & ~torch.from_numpy(done)[:, None]
+                held = torch.from_numpy(achieved_goals(task, envs, infos, hindsight_ids))
+                buf.achieved[step], before = step_achievements(held, before, term, done, args)
             if "subgoal" in infos:
                 subgoal_frames += float(np.sum(infos["subgoal"]))
             if check_fires and iteration < start_iteration + FIRE_CHECK_ROLLOUTS:

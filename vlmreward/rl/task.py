@@ -214,7 +214,8 @@ def split_observation(task: Task, obs, infos, num_envs: int):
 
 
 def achieved_goals(task: Task, envs, infos, goal_ids: list[int]) -> np.ndarray:
-    """bool (B, len(goal_ids)): which of ``goal_ids`` the TRAINED reward rewards on the frame after the action.
+    """bool (B, len(goal_ids)): which of ``goal_ids`` the TRAINED reward rewards on the frame after the action
+    (under ``--reward-at termination`` the trainer keeps them on the environment's terminal frames only).
 
     VLM mode: p(goal | frame) > ``args.hindsight_threshold`` (default beta) for every goal (``info["vlm_probs_all"]``,
     the same model call); ground-truth mode: the environments' own ``goal_success``. Each mode relabels from its
