@@ -54,6 +54,10 @@ def test_relation_scores_find_the_adjacent_pair():
     far[0], far[8] = e[0], e[1]  # cells (0, 0) and (2, 2): not adjacent
     s = relation_scores(torch.stack([near, far]), objects, 3, 0.01)
     assert s[0, 0] == pytest.approx(2.0, abs=1e-3) and s[1, 0] < 1.1
+    # at tau 0.001 every product of shifted exponentials of `far` underflows: the logsumexp fallback answers
+    tiny = relation_scores(far[None], objects, 3, 0.001)
+    np.testing.assert_allclose(tiny.double().numpy(), loop_scores(far[None], objects, 3, 0.001), atol=1e-4)
+    assert tiny[0, 0] == pytest.approx(1.0, abs=1e-2)
 
 
 def test_relation_scores_errors():

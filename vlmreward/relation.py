@@ -20,7 +20,6 @@ directory (``relation_head.safetensors`` + ``"vlmreward": {"relation_head": conf
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
