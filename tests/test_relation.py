@@ -294,7 +294,8 @@ def test_pretrain_trains_exports_and_reloads_the_head(tmp_path):
     (init / "RECIPE.json").write_text(json.dumps({"command": "the init model's own recipe"}))
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         train(PretrainConfig(model=ARCH, epochs=0, out=str(tmp_path / "x"), progress=False), train_ds=ds, val_ds=val)
-    cfg = PretrainConfig(model=ARCH, epochs=0, init=str(init), out=str(tmp_path / "run"), export=str(tmp_path / "export"),
+    cfg = PretrainConfig(model=ARCH, epochs=0, init=str(init), out=str(tmp_path / "run"),
+                         export=str(tmp_path / "export"),
                          progress=False, threads=2, relation_hard_negatives=2)
     res = train(cfg, train_ds=ds, val_ds=val)
     assert res["history"] == [] and res["relation_head"]["val"]["PickPlace"]["ap_train"] >= 0
@@ -307,5 +308,6 @@ def test_pretrain_trains_exports_and_reloads_the_head(tmp_path):
     assert rm.scorer == "relation" and rm(ds.frames[:3]).probs.shape == (3, len(ds.env_goals[0]))
     # the CLIP weights are the init model's, untouched
     from safetensors.torch import load_file
-    a, b = load_file(str(init / "open_clip_model.safetensors")), load_file(str(tmp_path / "export" / "open_clip_model.safetensors"))
+    a = load_file(str(init / "open_clip_model.safetensors"))
+    b = load_file(str(tmp_path / "export" / "open_clip_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -198,7 +198,8 @@ def object_token_states(text_tower, hf_tokenizer, texts: Sequence[str], nouns, a
     enc, spans = object_spans(hf_tokenizer, texts, nouns, attributes, context_length=context_length)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     width = text_tower.transformer.config.hidden_size
-    noun, attr, has = torch.zeros(len(texts), 2, width), torch.zeros(len(texts), 2, width), torch.zeros(len(texts), 2, 1)
+    count = len(texts)
+    noun, attr, has = torch.zeros(count, 2, width), torch.zeros(count, 2, width), torch.zeros(count, 2, 1)
     # rows of similar length together, each batch cut to its longest row: padding is masked, so the states of
     # the real tokens do not depend on it (captions use ~12 of the 32 positions)
     order = torch.argsort(mask.sum(1), stable=True)

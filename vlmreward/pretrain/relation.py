@@ -42,7 +42,8 @@ def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epoc
                         lr: float = 2e-3, bce_weight: float = 10.0, hard_negatives: int = 0,
                         vocabulary: tuple[list[str], list[str]] | None = None, log=print) -> RelationHead | None:
     """Train a relation head for ``model`` (an open_clip module of the registered architecture ``model_name``
-    with a Hugging Face text tower, e.g. the default architecture) on ``train_ds`` (:class:`~vlmreward.pretrain.dataset.FrameDataset`).
+    with a Hugging Face text tower, e.g. the default architecture) on ``train_ds``
+    (:class:`~vlmreward.pretrain.dataset.FrameDataset`).
 
     ``vocabulary``: (nouns, attributes) that find a caption's objects (default :func:`household_vocabulary`).
     ``hard_negatives``: per frame, the BCE is also taken over this many of its highest-scoring training goals that

@@ -318,7 +318,8 @@ def step_columns(y: torch.Tensor, max_captions: int, generator) -> torch.Tensor:
 def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
           val_ds: FrameDataset | None = None) -> dict:
     """Train per ``cfg``; returns {"val": last validation metrics (with the relation head when one was trained),
-    "best": best score, "history": [...], "relation_head": its {"seconds", "val"} or None, "out": run dir}. Datasets default to the cached default recipe (generated on first use).
+    "best": best score, "history": [...], "relation_head": its {"seconds", "val"} or None, "out": run dir}.
+    Datasets default to the cached default recipe (generated on first use).
 
     Raises ValueError for an empty dataset or a bad config, FileNotFoundError/ValueError for ``resume``
     without a (valid) checkpoint.
@@ -423,7 +424,8 @@ def train(cfg: PretrainConfig, argv=None, train_ds: FrameDataset | None = None,
                                    hard_negatives=cfg.relation_hard_negatives, log=lambda line: print(line, flush=True))
         if head is not None:
             relation = {"seconds": time.time() - t0,
-                        "val": validate(model, cfg.model, val_ds, cfg.eval_negatives, seed=cfg.seed, relation_head=head)}
+                        "val": validate(model, cfg.model, val_ds, cfg.eval_negatives, seed=cfg.seed,
+                                        relation_head=head)}
             print(json.dumps({"relation_head": relation}), flush=True)
             fileio.write_json(out / "relation_head.json", relation, indent=1)
     save_hub_dir(out / "final", model, mcfg, extra={"architecture": cfg.model}, relation_head=head)
