@@ -198,18 +198,6 @@ class VisionLanguageModel:
                                      head.config["attributes"], context_length=self.tokenizer.context_length)
         return head.objects(*(t.to(self.device) for t in states)).float()
 
-    def names_two_objects(self, texts: Sequence[str]) -> bool:
-        """True when the model has a relation head and every text names exactly two of its objects."""
-        from vlmreward.relation import object_spans
-        if self.relation_head is None:
-            return False
-        try:
-            object_spans(self.tokenizer.tokenizer, texts, self.relation_head.config["nouns"],
-                         self.relation_head.config["attributes"], context_length=self.tokenizer.context_length)
-        except ValueError:
-            return False
-        return True
-
     def _relation(self, who: str):
         if self.relation_head is None:
             raise ValueError(f"{who}: model {self.name!r} has no relation head (vlmreward.relation)")

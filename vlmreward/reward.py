@@ -86,17 +86,19 @@ class RewardModel:
         if scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
         head = getattr(model, "relation_head", None)
-        if scorer == "auto":
-            scorer = "relation" if head is not None and mode in ("binary", "probability") \
-                and model.names_two_objects(bank.strings) else "embedding"
-        self.model, self.bank, self.mode, self.threshold, self.scorer = model, bank, mode, threshold, scorer
         self._objects = None
         if scorer == "relation":
             if mode not in ("binary", "probability"):
                 raise ValueError(f"the relation scorer gives probabilities, not cosines: mode must be 'binary' or "
                                  f"'probability', got {mode!r}")
             self._objects = self._embed_objects(model, bank)  # raises for a model without a head, a bad string
-            head = model.relation_head
+        elif scorer == "auto" and head is not None and mode in ("binary", "probability"):
+            try:  # a string that does not name two objects fails while parsing, before the text tower runs
+                self._objects = self._embed_objects(model, bank)
+            except ValueError:
+                pass
+        scorer = "relation" if self._objects is not None else "embedding"
+        self.model, self.bank, self.mode, self.threshold, self.scorer = model, bank, mode, threshold, scorer
         default_scale = head.logit_scale if scorer == "relation" else model.logit_scale
         self.temperature = 1.0 / default_scale if temperature is None else float(temperature)
         self.logit_scale = 1.0 / self.temperature

@@ -53,12 +53,11 @@ def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epoc
     The run is seeded by ``seed`` alone (independent of anything trained before it). Returns the head in eval
     mode, or None when no goal of the dataset names two objects. ``log`` receives one line per 100 steps.
     Raises ValueError for a model whose text tower is not a Hugging Face one or whose input size is not a
-    multiple of the room grid.
+    multiple of the room grid (7).
     """
-    import open_clip
     from open_clip.hf_model import HFTextEncoder
 
-    from vlmreward.models import get_tokenizer
+    from vlmreward.models import VisionLanguageModel
     nouns, attributes = household_vocabulary() if vocabulary is None else (list(vocabulary[0]), list(vocabulary[1]))
     cols = relation_columns(train_ds.goals, nouns, attributes)
     if len(cols) == 0:
@@ -66,12 +65,15 @@ def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epoc
     text = getattr(model, "text", None)
     if not isinstance(text, HFTextEncoder):
         raise ValueError("the relation head reads token states of a Hugging Face text tower; this model has none")
-    preprocess_cfg = open_clip.model.get_model_preprocess_cfg(model)
-    size, grid = int(train_ds.frames.shape[1]), 7
+    # the model's tokenizer and preprocessing as the reward uses them (of_module puts the module in eval mode)
+    was_training = model.training
+    vlm = VisionLanguageModel.of_module(model, model_name)
+    model.train(was_training)
+    hf_tokenizer, context_length = vlm.tokenizer.tokenizer, int(vlm.tokenizer.context_length)
+    kw = vlm.preprocess_kwargs
+    size, grid = kw["image_size"], 7
     if size % grid:
-        raise ValueError(f"the relation head needs frames whose size is a multiple of {grid}, got {size}")
-    tokenizer = get_tokenizer(model_name)
-    hf_tokenizer, context_length = tokenizer.tokenizer, int(tokenizer.context_length)
+        raise ValueError(f"the relation head needs a model input size that is a multiple of {grid}, got {size}")
     envs = [e for e, ec in enumerate(train_ds.env_goals) if np.isin(ec, cols).any()]
     rows = np.flatnonzero(np.isin(train_ds.env_index, envs))
     goals = [train_ds.goals[c] for c in cols]
@@ -100,8 +102,6 @@ def train_relation_head(model, model_name: str, train_ds, *, seed: int = 0, epoc
     steps = max(1, epochs * (len(rows) // batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     labels = torch.from_numpy(train_ds.labels[:, cols])
-    kw = {"image_size": size, "mean": preprocess_cfg["mean"], "std": preprocess_cfg["std"],
-          "resize_mode": preprocess_cfg.get("resize_mode", "squash"), "interpolation": "bicubic"}
     head.train()
     step = 0
     for _ in range(epochs):
